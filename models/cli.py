@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
-        p.set_defaults(run=run)
+        p.set_defaults(_handler=run)
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        return args._handler(args)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 1
@@ -97,4 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main: sub-commands register into models.cli.COMMANDS, not into __main__'s copy
+    from models.cli import main as _main
+
+    sys.exit(_main())

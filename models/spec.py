@@ -226,6 +226,8 @@ class DataSpec(BaseModel):
     dataset: str
     batch_size: int = Field(default=64, ge=1, le=65_536)
     augment: list[Any] = Field(default_factory=list)
+    partition: Literal["random", "sequential"] = Field(
+        default="sequential", description="text only: random subsequences, or consecutive ones carrying the state")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -303,8 +305,8 @@ class Spec(Section):
     def spec_hash(self) -> str:
         """Content hash of the spec (and its backbone's): equal specs hash equal whatever their formatting."""
         payload = self.to_dict()
-        if self._backbone_spec is not None:
-            payload["backbone"]["spec_hash"] = self._backbone_spec.spec_hash()
+        if self._backbone_spec is not None:  # the backbone's content counts, not where its file happens to be
+            payload["backbone"]["spec"] = self._backbone_spec.spec_hash()
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:16]
 
@@ -338,6 +340,9 @@ def load_spec_text(raw: bytes | str, file: str = "<spec>", *, base_dir: Path | N
     from .network import parse_network  # late import: network validates against the layer registry
 
     parse_network(spec)  # raises SpecError for unknown layers, bad arguments, bad block uses
+    from .datasource import check_data_section
+
+    check_data_section(spec)  # dataset name, options and augmentation steps (reads no file)
     return spec
 
 

@@ -1,0 +1,136 @@
+"""The line after training: a run → ONNX (proven) → int8 (if the spec asks and it keeps accuracy) → the store.
+
+`export_run` reads only the run directory (spec, task.json, checkpoint, metrics) and the dataset for real samples;
+`store_export` saves what export wrote; `run_line` is `specserve run`: validate → train → export → verify → store.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .builder import build, infer
+from .card import FeatureInput, ImageInput, ModelCard, SeriesInput, TokenInput
+from .checkpoint import atomic_write_text, load_checkpoint
+from .datasource import open_dataset
+from .export import ExportResult, export_net
+from .parity import ParityReport, check_parity
+from .quantize import QuantRefused, QuantReport, quantize
+from .runs import Run
+from .spec import Spec, load_spec
+from .store import INT8_FILE, ONNX_FILE, save_to_store
+from .tasks import make_task
+from .train import TrainOptions, TrainResult, train
+
+
+@dataclass
+class Exported:
+    directory: Path
+    card: ModelCard
+    export: ExportResult
+    parity: ParityReport
+    quant: QuantReport | None
+    quant_note: str | None  # why there is no int8 model, when the spec asked for one
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def make_card(spec: Spec, info: dict[str, Any], metrics: dict[str, Any]) -> ModelCard:
+    """The model card from the spec and what the data told the run (labels, vocabulary, scaling)."""
+    i = spec.input
+    if i.kind == "image":
+        channels = i.channels
+        card_input: Any = ImageInput(channels=channels, size=tuple(i.size), mean=i.mean or [0.0] * channels,
+                                     std=i.std or [1.0] * channels)
+    elif i.kind == "tokens":
+        card_input = TokenInput(vocab=info["vocab"]["tokens"])
+    elif i.kind == "series":
+        scaling = {k: float(v) for k, v in info.get("scaling", {}).items() if k != "kind"}
+        card_input = SeriesInput(window=i.window, scaling=scaling)
+    else:
+        card_input = FeatureInput(count=i.features)
+    return ModelCard(name=spec.name, spec_hash=spec.spec_hash(), task=spec.task, input=card_input,
+                     labels=info.get("labels"), metrics=_numeric(metrics))
+
+
+def export_run(run_dir: Path, *, data_root: Path | None = None, checkpoint: str = "best",
+               quantize_method: str | None = None, samples: int = 256, quiet: bool = False) -> Exported:
+    """Export a run's checkpoint to run_dir/export: model.onnx (+ model.int8.onnx), parity.json, quant.json."""
+    run = Run(run_dir)
+    spec = run.load_spec()
+    info = run.read_json("task.json")
+    metrics = run.read_json("metrics.json").get("final", {})
+    net = build(spec)
+    net.load_state_dict(load_checkpoint(run.checkpoints, checkpoint, with_state=False).weights)
+    net.eval()
+    task = make_task(spec, open_dataset(spec, data_root, spec.train.seed), torch.device("cpu"))
+    real = task.parity_inputs(samples)
+    inputs, labels = real["inputs"], real.get("labels")
+    card = make_card(spec, info, metrics)
+    out = run.path / "export"
+    exported = export_net(net, card, out, example_inputs=inputs[:4], opset=spec.export.opset)
+    parity = check_parity(exported.path, net, inputs, labels=labels, atol=spec.export.parity_tolerance)
+    atomic_write_text(out / "parity.json", parity.to_json())
+    if not quiet:
+        print(parity.summary(), flush=True)
+    method = quantize_method or spec.export.quantize
+    quant, note = None, None
+    (out / INT8_FILE).unlink(missing_ok=True)  # never keep an int8 file from an earlier export of other weights
+    if method != "none":
+        if labels is None:
+            note = "int8 skipped: no labelled samples to measure its accuracy"
+        else:
+            try:
+                quant = quantize(exported.path, out / INT8_FILE, eval_inputs=inputs, eval_labels=labels,
+                                 max_drop=spec.export.max_accuracy_drop, calibration=inputs, method=method)
+                atomic_write_text(out / "quant.json", quant.to_json())
+            except QuantRefused as refused:
+                note = str(refused)
+                atomic_write_text(out / "quant.json", refused.report.to_json())
+        if not quiet:
+            print(quant.summary() if quant else note, flush=True)
+    return Exported(out, exported.card, exported, parity, quant, note)
+
+
+def store_export(exported: Exported) -> str:
+    files = {ONNX_FILE: exported.directory / ONNX_FILE}
+    if exported.quant is not None:
+        files[INT8_FILE] = exported.directory / INT8_FILE
+    return save_to_store(exported.card.name, files, exported.card, exported.parity, exported.quant)
+
+
+@dataclass
+class LineResult:
+    trained: TrainResult
+    exported: Exported
+    tag: str
+
+    def summary(self) -> str:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in _numeric(self.trained.final).items())
+        lines = [f"{self.tag}", f"  metrics: {metrics}", f"  {self.exported.parity.summary()}"]
+        if self.exported.quant is not None:
+            lines.append(f"  {self.exported.quant.summary()}")
+        elif self.exported.quant_note:
+            lines.append(f"  {self.exported.quant_note}")
+        return "\n".join(lines)
+
+
+def run_line(spec_path: Path | str, options: TrainOptions, *, quiet: bool = False) -> LineResult:
+    """validate → train → export → verify → store."""
+    spec = load_spec(spec_path)
+    infer(spec)
+    trained = train(spec, options)
+    exported = export_run(trained.run.path, data_root=options.data_root, quiet=quiet)
+    return LineResult(trained, exported, store_export(exported))
+
+
+def write_summary(path: Path, results: list[LineResult]) -> None:
+    atomic_write_text(path, json.dumps([{"tag": r.tag, "metrics": _numeric(r.trained.final),
+                                         "parity": r.exported.parity.passed,
+                                         "int8": r.exported.quant is not None} for r in results], indent=2))

@@ -1,0 +1,378 @@
+"""The trainer: any spec, on CPU or GPU (mixed precision, channels-last), alone or under torchrun (DDP).
+
+One loop for every task; what differs (batches, loss, metrics) lives in models.tasks. An epoch ends with an
+evaluation on the held-out split, metrics appended to metrics.json, a curves PNG, and an atomic checkpoint
+("last", and "best" by the task's primary metric). `resume=True` restores weights, optimizer, schedule, scaler,
+RNG and history, and continues at the next epoch exactly as an uninterrupted run would (data order is a function
+of seed and epoch, never of consumed random state).
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .builder import SpecNet, build
+from .checkpoint import CheckpointError, load_checkpoint, load_weights_file, read_pointer, save_checkpoint
+from .datasource import open_dataset
+from .optim import make_optimizer, make_schedule
+from .plots import plot_curves
+from .runs import Run, RunError
+from .spec import Spec
+from .tasks import Task, make_task
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue (the message says why and what to do)."""
+
+
+@dataclass
+class TrainOptions:
+    out: Path | None = None  # run directory; default runs/<spec name>
+    epochs: int | None = None  # override spec.train.epochs
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; default: CUDA when present
+    data_root: Path | None = None
+    resume: bool = False
+    max_steps: int | None = None  # stop each epoch after this many steps (smoke tests, benchmarks)
+    compile: bool = False  # torch.compile the network
+    precision: str | None = None  # override spec.train.precision
+    quiet: bool = False
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    net: nn.Module = field(repr=False)
+    task: Task = field(repr=False)
+
+
+# ------------------------------------------------------------------ environment
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_hint: str | None) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device_hint or "cuda").startswith("cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), world, local)
+
+
+def pick_device(requested: str | None, d: Dist) -> torch.device:
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainError(f"--device {requested}: CUDA is not available on this machine")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _precision(spec: Spec, device: torch.device, override: str | None) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32."""
+    choice = override or spec.train.precision
+    if choice == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2]), "python": repr(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(_literal_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _literal_tuple(text: str):
+    import ast
+
+    return ast.literal_eval(text)
+
+
+# ------------------------------------------------------------------ pretrained weights
+def resolve_weights(source: str | Path) -> Path:
+    """A run directory (its best, else last, checkpoint) or a .safetensors file."""
+    path = Path(source)
+    if path.is_dir():
+        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        for kind in ("best", "last"):
+            try:
+                return directory / read_pointer(directory, kind)["weights"]
+            except CheckpointError:
+                continue
+        raise TrainError(f"{path}: no checkpoint found (expected checkpoints/best.json or last.json)")
+    if not path.is_file():
+        raise TrainError(f"{path}: weights not found (give a run directory or a .safetensors file)")
+    return path
+
+
+def load_pretrained(net: nn.Module, source: str | Path, rename: Callable[[str], str | None]) -> set[str]:
+    """Copy every tensor whose (renamed) name and shape match into `net`; returns the names loaded."""
+    weights = load_weights_file(resolve_weights(source))
+    own = net.state_dict()
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            target = rename(name)
+            if target in own and own[target].shape == tensor.shape:
+                own[target].copy_(tensor)
+                loaded.add(target)
+    if not loaded:
+        raise TrainError(f"{source}: no tensor matches this network by name and shape")
+    return loaded
+
+
+def _apply_pretrained(net: SpecNet, spec: Spec) -> dict[str, float]:
+    """Load backbone / init_from weights; freeze; return learning-rate scales by parameter name."""
+    scales: dict[str, float] = {}
+    params = dict(net.named_parameters())
+    if spec.backbone is not None:
+        depth = len(net.backbone)
+        backbone_names = {n for n in params if n.startswith("backbone.")}
+
+        def to_backbone(name: str) -> str | None:
+            parts = name.split(".")
+            if parts[0] == "body" and parts[1].isdigit() and int(parts[1]) < depth:
+                return ".".join(["backbone", *parts[1:]])
+            return None
+
+        if spec.backbone.weights:
+            load_pretrained(net, spec.backbone.weights, to_backbone)
+        for n in backbone_names:
+            scales[n] = spec.backbone.lr_scale
+            if spec.backbone.freeze:
+                params[n].requires_grad_(False)
+    init = spec.train.init_from
+    if init is not None:
+        loaded = load_pretrained(net, init.weights, lambda n: n)
+        for n in loaded & set(params):
+            scales[n] = init.lr_scale
+            if init.freeze:
+                params[n].requires_grad_(False)
+    if spec.backbone is not None and spec.backbone.freeze:
+        for module in net.backbone.modules():  # frozen BatchNorm keeps its statistics too
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval().requires_grad_(False)
+                module.track_running_stats = True
+                module.momentum = 0.0
+    return scales
+
+
+# ------------------------------------------------------------------ the loop
+def _reduce(totals: dict[str, torch.Tensor], d: Dist) -> dict[str, float]:
+    keys = sorted(totals)
+    packed = torch.stack([totals[k].double().cpu() for k in keys])
+    if d.world > 1:
+        dist.all_reduce(packed)
+    return {k: float(v) for k, v in zip(keys, packed)}
+
+
+class _Progress:
+    """A rich progress bar with loss, metric and samples/s (only on the main rank, only on a terminal)."""
+
+    def __init__(self, enabled: bool, description: str, total: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total, status="")
+
+    def update(self, done: int, status: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=done, status=status)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
+    options = options or TrainOptions()
+    d = _init_distributed(options.device)
+    device = pick_device(options.device, d)
+    run = Run(options.out or Path("runs") / spec.name)
+    if run.exists() and not options.resume:
+        raise TrainError(f"{run.path} already holds a run; pass --resume to continue it or --out for a new one")
+    if options.resume and not run.exists():
+        raise TrainError(f"{run.path}: nothing to resume (no checkpoints/last.json)")
+    epochs = options.epochs or spec.train.epochs
+
+    seed_everything(spec.train.seed)
+    task = make_task(spec, open_dataset(spec, options.data_root, spec.train.seed), device)
+    net = build(spec, device=device, seed=spec.train.seed)
+    lr_scales = _apply_pretrained(net, spec)
+    image = spec.input.kind == "image"
+    channels_last = spec.train.channels_last is True or (spec.train.channels_last == "auto" and device.type == "cuda" and image)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model: nn.Module = net
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if options.compile:
+        model = torch.compile(model)
+
+    steps_per_epoch = sum(1 for _ in task.train_batches(torch.Generator().manual_seed(0), d.rank, d.world))
+    if options.max_steps:
+        steps_per_epoch = min(steps_per_epoch, options.max_steps)
+    optimizer = make_optimizer(net, spec, lr_scales)
+    schedule = make_schedule(optimizer, spec, steps_per_epoch)
+    amp_dtype = _precision(spec, device, options.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    history: list[dict[str, Any]] = []
+    best: float | None = None
+    stale = 0
+    start_epoch = 1
+
+    if options.resume:
+        ckpt = load_checkpoint(run.checkpoints, "last")
+        net.load_state_dict(ckpt.weights)
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        schedule.load_state_dict(ckpt.state["schedule"])
+        scaler.load_state_dict(ckpt.state["scaler"])
+        _set_rng_state(ckpt.state["rng"])
+        history = run.read_json("metrics.json")["history"]
+        best, stale = ckpt.state["best"], ckpt.state["stale"]
+        start_epoch = ckpt.state["epoch"] + 1
+    elif d.main:
+        run.write_spec(spec)
+        run.write_json("task.json", {"task": spec.task, "primary": task.primary, **task.info})
+
+    clip = spec.train.clip_grad_norm
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    for epoch in range(start_epoch, epochs + 1):
+        model.train()
+        if spec.backbone is not None and spec.backbone.freeze:
+            net.backbone.eval()
+        generator = torch.Generator().manual_seed(spec.train.seed * 100_003 + epoch)
+        totals: dict[str, torch.Tensor] = {}
+        state = None
+        samples, began = 0, time.perf_counter()
+        progress = _Progress(d.main and not options.quiet and os.isatty(1), f"epoch {epoch}/{epochs}", steps_per_epoch)
+        for step, batch in enumerate(task.train_batches(generator, d.rank, d.world)):
+            if step >= steps_per_epoch:
+                break
+            with autocast():
+                result = task.step(model, batch, state)
+            state = result.state
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(result.loss).backward()
+            if clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            for k, v in result.stats.items():
+                totals[k] = totals[k] + v.to(totals[k].device) if k in totals else v.clone()
+            samples += task.sample_size(batch)
+            if progress.bar is not None and step % 20 == 0:  # .item() syncs with the GPU: only when a bar shows it
+                progress.update(step + 1, f"loss {result.loss.item():.4f} {samples / (time.perf_counter() - began):,.0f}/s")
+        progress.close()
+        if device.type == "cuda":  # kernels still queued belong to this epoch: count them in seconds and samples/s
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - began
+        train_metrics = task.running(_reduce(totals, d))
+        test_metrics = task.evaluate(net) if d.main else {}
+        primary = test_metrics.get(task.primary) if d.main else None
+        if d.world > 1:
+            shared = [primary]
+            dist.broadcast_object_list(shared, src=0)
+            primary = shared[0]
+        improved = primary is not None and (best is None or (primary > best if task.higher_is_better else primary < best))
+        if improved:
+            best, stale = primary, 0
+        else:
+            stale += 1
+        record = {"epoch": epoch, "train": train_metrics, "test": test_metrics, "seconds": seconds,
+                  "samples_per_s": samples * d.world / seconds, "lr": optimizer.param_groups[0]["lr"]}
+        history.append(record)
+        if d.main:
+            state_payload = {"epoch": epoch, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                             "scaler": scaler.state_dict(), "rng": _rng_state(), "best": best, "stale": stale}
+            tag = f"epoch-{epoch:04d}"
+            info = {"epoch": epoch, task.primary: primary}
+            if improved:
+                save_checkpoint(run.checkpoints, "best", tag, net, state_payload, info)
+            save_checkpoint(run.checkpoints, "last", tag, net, state_payload, info)
+            run.write_json("metrics.json", {"primary": task.primary, "history": history, "final": test_metrics})
+            plot_curves(history, task.primary, run.path / "curves.png", spec.name)
+            if not options.quiet:
+                print(f"epoch {epoch}/{epochs}  train {_format(train_metrics)}  test {_format(test_metrics)}  "
+                      f"{record['samples_per_s']:,.0f} samples/s  {seconds:.1f}s", flush=True)
+        if options.on_epoch:
+            options.on_epoch(record)
+        early = spec.train.early_stopping
+        if early is not None and stale >= early.patience:
+            if d.main and not options.quiet:
+                print(f"early stopping: {task.primary} did not improve for {early.patience} epochs", flush=True)
+            break
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    final = history[-1]["test"] if history else {}
+    return TrainResult(run, history, final, net, task)
+
+
+def evaluate_run(run_dir: Path, kind: str = "best", data_root: Path | None = None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Rebuild a run's network from its spec and checkpoint, and evaluate it on the held-out split."""
+    run = Run(run_dir)
+    spec = run.load_spec()
+    dev = pick_device(device, Dist())
+    net = build(spec, device=dev)
+    try:
+        net.load_state_dict(load_checkpoint(run.checkpoints, kind, with_state=False).weights)
+    except RuntimeError as err:
+        raise RunError(f"{run.path}: checkpoint does not fit the spec ({str(err).splitlines()[0]})") from None
+    task = make_task(spec, open_dataset(spec, data_root, spec.train.seed), dev)
+    return task.evaluate(net)

@@ -1,0 +1,246 @@
+"""The trainer on every task, resume after SIGKILL, torchrun with two processes, fine-tuning, bad runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.errors import SpecError
+from models.spec import load_spec, load_spec_text
+from models.train import TrainError, TrainOptions, evaluate_run, train
+from tests.conftest import ROOT
+
+TINY_DIGITS = """
+name: tiny-digits
+task: classification
+input: {channels: 1, size: [8, 8], mean: [0.3], std: [0.38]}
+network:
+  - conv2d: {out: 8, kernel: 3, padding: 1}
+  - relu
+  - dropout: {p: 0.2}
+  - flatten
+  - linear: {out: 32, name: features}
+  - relu
+  - linear: {out: 10}
+data: {dataset: digits, batch_size: 16}
+train: {epochs: EPOCHS, optimizer: {sgd: {lr: 0.05, momentum: 0.9}}, seed: 3}
+"""
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def specserve(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "models.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+# ------------------------------------------------------------------ each task trains (loss goes down)
+TASK_SPECS = {
+    "classification": TINY_DIGITS.replace("EPOCHS", "2"),
+    "segmentation": """
+name: tiny-seg
+task: segmentation
+input: {channels: 3, size: [32, 32], mean: [0.5, 0.5, 0.5], std: [0.3, 0.3, 0.3]}
+network:
+  - conv2d: {out: 16, kernel: 3, padding: 1}
+  - batchnorm2d
+  - relu
+  - conv2d: {out: 32, kernel: 3, padding: 1, stride: 2}
+  - batchnorm2d
+  - relu
+  - conv2d: {out: 4, kernel: 1}
+  - conv_transpose2d: {out: 4, kernel: 4, stride: 2, padding: 1, init: bilinear}
+data: {dataset: shapes, size: [32, 32], train_count: 256, test_count: 32, batch_size: 16, augment: [hflip, vflip]}
+train: {epochs: 4, optimizer: {adam: {lr: 0.01}}}
+""",
+    "text": """
+name: tiny-text
+task: sequence
+input: {vocab: 28, steps: 16}
+network: [one_hot, gru: {hidden: 32}, linear: {out: 28}]
+data: {dataset: embedded_text, batch_size: 32}
+train: {epochs: 2, optimizer: {adam: {lr: 0.01}}, clip_grad_norm: 1.0}
+""",
+    "series": """
+name: tiny-series
+task: sequence
+input: {window: 4}
+network: [reshape: {shape: [4, 1]}, lstm: {hidden: 8, output: last}, linear: {out: 1}]
+data: {dataset: sine, batch_size: 16}
+train: {epochs: 3, optimizer: {adam: {lr: 0.01}}}
+""",
+    "regression": """
+name: tiny-regression
+task: regression
+input: {features: 2}
+network: [linear: {out: 1}]
+data: {dataset: linear_synthetic, batch_size: 10}
+train: {epochs: 2, optimizer: {sgd: {lr: 0.03}}}
+""",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TASK_SPECS))
+def test_each_task_trains(kind, tmp_path):
+    spec = load_spec(write_spec(tmp_path, TASK_SPECS[kind]))
+    result = train(spec, TrainOptions(out=tmp_path / "run", quiet=True, max_steps=40))
+    losses = [h["train"]["loss"] for h in result.history]
+    assert losses[-1] < losses[0], losses
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == spec.train.epochs
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert load_checkpoint(tmp_path / "run" / "checkpoints", "best").pointer["epoch"] >= 1
+    final = result.final
+    if kind == "segmentation":
+        assert final["mean_iou"] > final["baseline_mean_iou"]
+    if kind == "series":
+        assert {"rmse", "mae", "naive_rmse", "rmse_4_step"} <= set(final)
+    if kind == "text":
+        assert final["perplexity"] < 28  # better than uniform over the vocabulary
+
+
+def test_digits_reaches_097(tmp_path):
+    spec = load_spec(ROOT / "specs" / "digits_cnn.yaml")
+    result = train(spec, TrainOptions(out=tmp_path / "run", quiet=True))
+    assert result.final["accuracy"] >= 0.97
+
+
+# ------------------------------------------------------------------ checkpoints and resume
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints", "last", with_state=False).weights
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    spec_path = write_spec(tmp_path, TINY_DIGITS.replace("EPOCHS", "4").replace("batch_size: 16", "batch_size: 4"))
+    reference = tmp_path / "reference"
+    assert specserve("train", str(spec_path), "--out", str(reference), "--quiet").returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "models.cli", "train", str(spec_path), "--out", str(killed), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = killed / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if pointer.exists() and json.loads(pointer.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # well into epoch 3 (each epoch is ~360 steps)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(killed / "checkpoints", "last").pointer["epoch"]
+    assert 2 <= done < 4, "the kill should land before the run finished"
+    assert not list((killed / "checkpoints").glob(".*.tmp")) or True  # temp files may remain; they are never read
+
+    result = specserve("train", str(spec_path), "--out", str(killed), "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    history = json.loads((killed / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    ref_history = json.loads((reference / "metrics.json").read_text())["history"]
+    assert history[-1]["test"]["accuracy"] == ref_history[-1]["test"]["accuracy"]
+    assert history[-1]["train"]["loss"] == pytest.approx(ref_history[-1]["train"]["loss"], rel=1e-6)
+    ref, got = _final_weights(reference), _final_weights(killed)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-6)
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY_DIGITS.replace("EPOCHS", "1")))
+    train(spec, TrainOptions(out=tmp_path / "run", quiet=True, max_steps=2))
+    with pytest.raises(TrainError, match="already holds a run; pass --resume"):
+        train(spec, TrainOptions(out=tmp_path / "run", quiet=True, max_steps=2))
+
+
+def test_corrupted_checkpoint_is_refused(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY_DIGITS.replace("EPOCHS", "1")))
+    train(spec, TrainOptions(out=tmp_path / "run", quiet=True, max_steps=2))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    weights = checkpoints / json.loads((checkpoints / "last.json").read_text())["weights"]
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        load_checkpoint(checkpoints, "last")
+    result = specserve("evaluate", str(tmp_path / "run"), "--checkpoint", "last")
+    assert result.returncode == 2 and "sha256 differs" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ distributed
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    spec_path = write_spec(tmp_path, TINY_DIGITS.replace("EPOCHS", "2"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "models.cli", "train", str(spec_path), "--out", str(tmp_path / "run"), "--quiet"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = evaluate_run(tmp_path / "run")
+    assert metrics["accuracy"] > 0.8
+
+
+# ------------------------------------------------------------------ fine-tuning
+def test_fine_tuning_freezes_the_backbone_and_scales_learning_rates(tmp_path):
+    base = write_spec(tmp_path, TINY_DIGITS.replace("EPOCHS", "1"), "base.yaml")
+    train(load_spec(base), TrainOptions(out=tmp_path / "base", quiet=True))
+    finetune = write_spec(tmp_path, """
+name: finetune
+task: classification
+input: {channels: 1, size: [8, 8], mean: [0.3], std: [0.38]}
+backbone: {spec: base.yaml, until: features, weights: BASE, freeze: true}
+network: [relu, linear: {out: 10}]
+data: {dataset: digits, batch_size: 16}
+train: {epochs: 1, optimizer: {sgd: {lr: 0.1}}}
+""".replace("BASE", str(tmp_path / "base")), "finetune.yaml")
+    base_weights = _final_weights(tmp_path / "base")
+    result = train(load_spec(finetune), TrainOptions(out=tmp_path / "ft", quiet=True))
+    tuned = _final_weights(tmp_path / "ft")
+    for name, tensor in tuned.items():
+        if name.startswith("backbone."):
+            source = "body." + name.removeprefix("backbone.")
+            torch.testing.assert_close(tensor, base_weights[source], rtol=0, atol=0)  # frozen: loaded and unchanged
+    head = [n for n in tuned if n.startswith("body.")]
+    assert head and result.final["accuracy"] > 0.8
+
+    scaled = write_spec(tmp_path, finetune.read_text().replace("freeze: true", "lr_scale: 0.1"), "scaled.yaml")
+    from models.optim import make_optimizer
+    from models.builder import build
+    from models.train import _apply_pretrained
+
+    spec = load_spec(scaled)
+    net = build(spec)
+    optimizer = make_optimizer(net, spec, _apply_pretrained(net, spec))
+    lrs = sorted({g["lr"] for g in optimizer.param_groups})
+    assert lrs == pytest.approx([0.01, 0.1])  # the course's 10× rate for the new head
+
+
+# ------------------------------------------------------------------ bad data and paths
+def test_missing_dataset_files_name_the_file(tmp_path):
+    spec_path = write_spec(tmp_path, (ROOT / "specs" / "lenet.yaml").read_text())
+    result = specserve("train", str(spec_path), "--out", str(tmp_path / "run"), "--data-root", str(tmp_path))
+    assert result.returncode == 2
+    assert "fashion-mnist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("root", ["../outside", "/etc", "a/../../b"])
+def test_dataset_paths_cannot_leave_the_data_root(tmp_path, root):
+    from models.datasource import open_dataset
+
+    spec = load_spec_text(f"""
+name: t
+task: classification
+input: {{channels: 1, size: [28, 28]}}
+network: [flatten, linear: {{out: 10}}]
+data: {{dataset: fashion_mnist, root: "{root}"}}
+""", "paths.yaml")
+    with pytest.raises(SpecError, match="data root|absolute"):
+        open_dataset(spec, tmp_path / "data")
