@@ -322,10 +322,21 @@ def dropout(a: DropoutArgs, x: Signal) -> nn.Module:
 
 
 # ---------------------------------------------------------------- activations (all export to plain ONNX ops)
-@register("relu")
-def relu(a: NoArgs, x: Signal) -> nn.Module:
-    """max(x, 0)."""
-    return nn.ReLU()
+def _register_plain(name: str, module: type[nn.Module], doc: str) -> None:
+    """A layer without arguments that is just `module()`."""
+
+    def build(a: NoArgs, x: Signal) -> nn.Module:
+        return module()
+
+    build.__doc__ = doc
+    register(name)(build)
+
+
+_register_plain("relu", nn.ReLU, "max(x, 0).")
+_register_plain("sigmoid", nn.Sigmoid, "1 / (1 + exp(-x)).")
+_register_plain("tanh", nn.Tanh, "Hyperbolic tangent.")
+_register_plain("flatten", nn.Flatten, "(…) → (product,): everything after the batch axis in one vector.")
+_register_plain("identity", nn.Identity, "Passes its input through unchanged (placeholder, default shortcut).")
 
 
 class LeakyArgs(Args):
@@ -346,18 +357,6 @@ class GeluArgs(Args):
 def gelu(a: GeluArgs, x: Signal) -> nn.Module:
     """Gaussian error linear unit."""
     return nn.GELU(a.approximate)
-
-
-@register("sigmoid")
-def sigmoid(a: NoArgs, x: Signal) -> nn.Module:
-    """1 / (1 + exp(-x))."""
-    return nn.Sigmoid()
-
-
-@register("tanh")
-def tanh(a: NoArgs, x: Signal) -> nn.Module:
-    """Hyperbolic tangent."""
-    return nn.Tanh()
 
 
 class SoftmaxArgs(Args):
@@ -382,18 +381,6 @@ def softmax(a: SoftmaxArgs, x: Signal) -> nn.Module:
 
 
 # ---------------------------------------------------------------- shape plumbing
-@register("flatten")
-def flatten(a: NoArgs, x: Signal) -> nn.Module:
-    """(…) → (product,): everything after the batch axis in one vector."""
-    return nn.Flatten()
-
-
-@register("identity")
-def identity(a: NoArgs, x: Signal) -> nn.Module:
-    """Passes its input through unchanged (placeholder, default shortcut)."""
-    return nn.Identity()
-
-
 class ReshapeArgs(Args):
     shape: list[int] = Field(min_length=1, description="per-sample shape; one entry may be -1")
 
