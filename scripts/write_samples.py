@@ -21,7 +21,7 @@ def main(out: Path) -> None:
     Image.fromarray(shapes.test_x[0].permute(1, 2, 0).numpy(), "RGB").save(out / "shapes.png")
     series = load_dataset("sine", {})
     values = series.series[-40:].numpy().round(4).tolist()
-    (out / "series.json").write_text(json.dumps({"series": values, "steps": 8}))
+    (out / "series.json").write_text(json.dumps({"values": values, "k": 8}))
     print(f"samples in {out}: digit.png (label {int(digits.test_y[0])}), shapes.png, series.json")
 
 
