@@ -1,0 +1,56 @@
+"""Forecasting with a window model: raw values → model units → k steps, each prediction fed back → raw values.
+
+The graph takes a window of values *scaled as in training*; the card records that scaling as plain numbers
+({"mean", "std"}, {"min", "max"}, or nothing), which `scaling_of` turns into the dict models.data.forecast
+understands, so serving scales, steps and unscales with the very code training used.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from models.card import SeriesInput
+from service.errors import UNPROCESSABLE, RequestError
+from service.served import ServedModel
+
+
+def window_of(model: ServedModel) -> SeriesInput:
+    spec = model.card.input
+    assert isinstance(spec, SeriesInput)  # forecast only loads series models
+    return spec
+
+
+def scaling_of(spec: SeriesInput) -> dict[str, Any]:
+    """The card's scaling numbers as a models.data.forecast scaling dict (kind told by which numbers it has)."""
+    numbers = dict(spec.scaling)
+    if {"mean", "std"} <= numbers.keys():
+        return {"kind": "standard", "mean": numbers["mean"], "std": numbers["std"]}
+    if {"min", "max"} <= numbers.keys():
+        return {"kind": "minmax", "min": numbers["min"], "max": numbers["max"]}
+    if not numbers:
+        return {"kind": "none"}
+    raise ValueError(f"card scaling {numbers} is neither mean/std nor min/max")
+
+
+def forecast(model: ServedModel, values: list[float], steps: int) -> list[float]:
+    """The next `steps` values after `values` (raw units); 422 when the series is too short or its values
+    leave float32 range once scaled (the graph computes in float32)."""
+    # Imported here: the models.data package imports torch (~180 MB, ~2 s per process), which only processes
+    # that serve a forecaster should pay for.
+    from models.data.forecast import k_step_forecast, scale, unscale
+
+    spec = window_of(model)
+    if len(values) < spec.window:
+        raise RequestError(UNPROCESSABLE, f"the series has {len(values)} values; {model.name} needs at least its "
+                                          f"window of {spec.window}")
+    scaling = scaling_of(spec)
+    history = np.asarray(scale(np.asarray(values[-spec.window:], dtype=np.float64), scaling))  # (τ,)
+    if not np.all(np.isfinite(history.astype(np.float32))):
+        raise RequestError(UNPROCESSABLE, "the series' last values are too large for the model (float32 overflow)")
+    predict = lambda window: model.run(window)[0]  # (B, τ) float32 → (B, 1)
+    ahead = np.asarray(unscale(k_step_forecast(predict, history, steps, spec.window).astype(np.float64), scaling))
+    if not np.all(np.isfinite(ahead)):
+        raise RequestError(UNPROCESSABLE, "the forecast overflowed (non-finite values); the series is far outside "
+                                          "what the model was trained on")
+    return [float(v) for v in ahead]

@@ -1,0 +1,88 @@
+"""specserve's HTTP service: stored ONNX models behind classify / segment / forecast / generate / models, and /demo.
+
+Which models serve which endpoint, the default of each, process/thread counts and request limits come from the
+serving config (service/config.py); request limits also appear in the parameters' schemas in /docs.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+
+from service import demo, generation, series, vision
+from service.config import load_config
+from service.errors import answers_errors
+from service.schemas import ClassifyResult, ForecastResult, GenerateResult, ModelsResult, SegmentResult
+from service.served import declare_models, load_endpoint
+from service.uploads import UploadGuard
+
+CONFIG = load_config()
+LIMITS = CONFIG.limits
+ModelName = Annotated[str | None, Field(description="a served model's name or name:version; none = the default")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+@bentoml.service(**CONFIG.service_options())
+@bentoml.asgi_app(demo.app, path="/demo")
+@declare_models(CONFIG.refs())
+class SpecServe:
+    def __init__(self) -> None:
+        threads = CONFIG.ort_threads()  # every model is loaded, verified and warmed up before /readyz answers
+        self.endpoints = {name: load_endpoint(name, CONFIG.endpoints.get(name), threads)
+                          for name in ("classify", "segment", "forecast", "generate")}
+        batching = CONFIG.endpoints["classify"].batching if "classify" in CONFIG.endpoints else None
+        self.classifiers = vision.classifiers(self.endpoints["classify"], batching, LIMITS.max_image_pixels)
+
+    @bentoml.api
+    @answers_errors
+    async def classify(self, images: Annotated[list[Path], Field(min_length=1, max_length=LIMITS.max_images)],
+                       k: Annotated[int, Field(ge=1, le=1000)] = 5, model: ModelName = None) -> ClassifyResult:
+        """Top-k labels with probabilities for each uploaded image (PNG, JPEG, BMP, GIF, WebP), converted to the
+        model's channels and resized to its input size. Concurrent requests are batched (serving config)."""
+        served = self.endpoints["classify"].pick(model)
+        results = await self.classifiers[served.name](vision.ClassifyJob(images, k))
+        return ClassifyResult(model=served.tag, results=results)
+
+    @bentoml.api
+    @answers_errors
+    def segment(self, image: Path, overlay: bool = False, model: ModelName = None) -> SegmentResult:
+        """Per-pixel classes of one image: the class-index mask (palette PNG at the upload's size), pixel shares
+        per class, and with overlay=true the upload tinted by class."""
+        served = self.endpoints["segment"].pick(model)
+        decoded = vision.decode_for(served, image.read_bytes(), "image", LIMITS.max_image_pixels)
+        return vision.segment(served, decoded, overlay)
+
+    @bentoml.api
+    @answers_errors
+    def forecast(self, values: Annotated[list[Finite], Field(min_length=1, max_length=LIMITS.max_series_length)],
+                 k: Annotated[int, Field(ge=1, le=LIMITS.max_forecast_steps)] = 1,
+                 model: ModelName = None) -> ForecastResult:
+        """The next k values of a series, each step fed the previous predictions."""
+        served = self.endpoints["forecast"].pick(model)
+        return ForecastResult(model=served.tag, window=series.window_of(served).window,
+                              forecast=series.forecast(served, values, k))
+
+    @bentoml.api
+    @answers_errors
+    def generate(self, prefix: Annotated[str, Field(min_length=1, max_length=LIMITS.max_prefix_length)],
+                 length: Annotated[int, Field(ge=1, le=LIMITS.max_generation_length)] = 100,
+                 temperature: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0,
+                 top_k: Annotated[int, Field(ge=0, description="sample among the k best; 0 = all")] = 0,
+                 seed: Annotated[int | None, Field(ge=0, lt=2**63)] = None, model: ModelName = None) -> GenerateResult:
+        """A continuation of `prefix` by a character model (temperature 0 = greedy; same seed, same text)."""
+        served = self.endpoints["generate"].pick(model)
+        seed = generation.new_seed() if seed is None else seed
+        text = generation.generate(served, prefix, length, temperature, top_k, seed)
+        return GenerateResult(model=served.tag, prefix=prefix, text=text, seed=seed)
+
+    @bentoml.api
+    def models(self) -> ModelsResult:
+        """What is served: per endpoint its default and each model's tag, task, input, labels or vocabulary,
+        metrics and parity proof."""
+        return ModelsResult(endpoints={name: ep.describe() for name, ep in self.endpoints.items()})
+
+
+SpecServe.add_asgi_middleware(UploadGuard, max_bytes=LIMITS.max_upload_bytes, routes={
+    api.route: set(api.input_spec.multipart_fields) for api in SpecServe.apis.values()})

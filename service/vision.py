@@ -1,0 +1,94 @@
+"""Image endpoints' work once the uploads are decoded: scores → top-k labels, scores → mask, overlay and shares."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.card import ImageInput
+from service.batching import Batcher
+from service.config import Batching
+from service.errors import RequestError
+from service.images import Decoded, decode_image
+from service.masks import class_mask, mask_png, overlay, png_base64, shares
+from service.schemas import ImageLabels, Label, SegmentResult
+from service.served import EndpointModels, ServedModel
+
+
+def decode_for(model: ServedModel, data: bytes, name: str, max_pixels: int) -> Decoded:
+    """An upload decoded to `model`'s input channels and size (see service.images)."""
+    spec = model.card.input
+    assert isinstance(spec, ImageInput)  # image endpoints only load image models
+    return decode_image(data, name, spec.channels, spec.size, max_pixels)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (B, K) scores, in float64 so tiny probabilities do not round to 0 early."""
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def top_labels(logits: np.ndarray, labels: list[str], k: int) -> list[list[Label]]:
+    """Per row of (B, K) scores, the min(k, K) most probable labels, most probable first."""
+    probs = softmax(logits)  # (B, K)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (B, k)
+    return [[Label(label=labels[j], probability=float(p[j])) for j in row] for p, row in zip(probs, best)]
+
+
+@dataclass(frozen=True)
+class ClassifyJob:
+    """One classify request: its uploads (files BentoML wrote, or bytes) and how many labels it wants per image.
+    Files are read by `classify_jobs`, in the worker thread rather than the event loop."""
+
+    uploads: Sequence[Path | bytes]
+    k: int
+
+
+def classify_jobs(model: ServedModel, jobs: Sequence[ClassifyJob],
+                  max_pixels: int) -> list[list[ImageLabels] | RequestError]:
+    """Answer several requests with one model call over all their images; a request with a bad image gets its
+    RequestError without failing the others."""
+    decoded: list[list[Decoded] | RequestError] = []
+    for job in jobs:
+        try:
+            decoded.append([decode_for(model, upload if isinstance(upload, bytes) else upload.read_bytes(),
+                                       f"images[{i}]", max_pixels) for i, upload in enumerate(job.uploads)])
+        except RequestError as e:
+            decoded.append(e)
+    images = [d for ds in decoded if not isinstance(ds, RequestError) for d in ds]
+    if not images:
+        return decoded  # type: ignore[return-value]  (all of them are errors)
+    logits = model.run(np.stack([d.pixels for d in images]))[0]  # (N, K) for all requests' images
+    labels = model.card.labels or [str(i) for i in range(logits.shape[1])]
+    answers: list[list[ImageLabels] | RequestError] = []
+    start = 0
+    for job, ds in zip(jobs, decoded):
+        if isinstance(ds, RequestError):
+            answers.append(ds)
+            continue
+        tops = top_labels(logits[start: start + len(ds)], labels, job.k)
+        answers.append([ImageLabels(width=d.size[0], height=d.size[1], converted=d.converted, top=top)
+                        for d, top in zip(ds, tops)])
+        start += len(ds)
+    return answers
+
+
+def classifiers(models: EndpointModels, batching: Batching | None,
+                max_pixels: int) -> dict[str, Batcher[ClassifyJob, list[ImageLabels]]]:
+    """A batcher per classify model; without a batching config each call carries one request."""
+    size, wait = (batching.max_batch_size, batching.max_wait_ms) if batching else (1, 0.0)
+    return {name: Batcher(functools.partial(classify_jobs, served, max_pixels=max_pixels),
+                          lambda job: len(job.uploads), size, wait) for name, served in models.by_name.items()}
+
+
+def segment(model: ServedModel, image: Decoded, with_overlay: bool) -> SegmentResult:
+    logits = model.run(image.pixels[None])[0][0]  # (K, h, w)
+    labels = model.card.labels or [str(i) for i in range(logits.shape[0])]
+    mask = class_mask(logits, image.size)  # (H, W) at the upload's size
+    return SegmentResult(model=model.tag, width=image.size[0], height=image.size[1], converted=image.converted,
+                         labels=labels, shares=shares(mask, labels), mask_png=png_base64(mask_png(mask, len(labels))),
+                         overlay_png=png_base64(overlay(image.image, mask, len(labels))) if with_overlay else None)

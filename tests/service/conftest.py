@@ -1,0 +1,20 @@
+"""Fixtures of the service tests: real stored models in a throwaway BentoML home (the server: live_server.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules beside this file, under any import mode
+import stored_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """(BENTOML_HOME, model name → tag): the test models, trained for seconds on the real datasets, stored."""
+    home = tmp_path_factory.mktemp("bentoml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(home))
+        yield home, stored_models.make_all(tmp_path_factory.mktemp("models"))

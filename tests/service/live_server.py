@@ -1,0 +1,84 @@
+"""A real `bentoml serve` of the service for the tests: config, start on a free port, wait for /readyz, stop."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BENTOML = Path(sys.executable).with_name("bentoml")
+
+LIMITS = {"max_upload_bytes": 400_000, "max_image_pixels": 1_000_000, "max_images": 4, "max_series_length": 1_000,
+          "max_forecast_steps": 50, "max_prefix_length": 200, "max_generation_length": 300}
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    tags: dict[str, str]  # model name → stored tag
+    log: Path
+
+
+def serving_config(tags: dict[str, str]) -> dict:
+    """Two classifiers (the MLP served from its int8 graph, picked by name), one model on each other endpoint."""
+    return {"endpoints": {
+        "classify": {"models": ["test-digits", {"tag": "test-digits-mlp", "int8": True}], "default": "test-digits",
+                     "batching": {"max_batch_size": 8, "max_wait_ms": 1}},
+        "segment": {"models": ["test-shapes"]},
+        "forecast": {"models": [tags["sine-forecaster"]]},  # "name:version" pins a version
+        "generate": {"models": ["test-chars"]}},
+        "workers": 1, "threads": 2, "limits": LIMITS}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120) -> Iterator[Server]:
+    """`bentoml serve service.service:SpecServe` on a free loopback port until /readyz answers 200; the whole
+    process group is stopped on exit, whatever happened."""
+    config = workdir / "serving.yaml"
+    config.write_text(yaml.safe_dump(serving_config(tags)))
+    port, log = free_port(), workdir / "server.log"
+    env = {**os.environ, "BENTOML_HOME": str(home), "SPECSERVE_CONFIG": str(config), "PYTHONPATH": str(ROOT),
+           "BENTOML_DO_NOT_TRACK": "True"}
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(BENTOML), "serve", "service.service:SpecServe", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield Server(url, tags, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
