@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import nn
 from .data import (DataError, ImageSplits, RegressionSplits, SegSplits, SeriesSplits, TextCorpus, build_augment,
                    k_step_forecast, normalize, resize_batch, tensor_batches, text_batches, to_float, unscale)
 from .datasource import augment_steps
+from .plots import plot_segmentation
 from .spec import Spec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -65,6 +67,9 @@ class Task:
     @torch.no_grad()
     def evaluate(self, net: nn.Module) -> dict[str, Any]:
         raise NotImplementedError
+
+    def figures(self, net: nn.Module, directory: Path) -> None:
+        """Task-specific pictures written with the curves after each epoch (none by default)."""
 
     # -- export
     def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:
@@ -117,12 +122,16 @@ class _ImageMixin:
             x = normalize(x, *self._norm)  # x is float32 on self.device: as_tensor passes the cached tensors through
         return x, mask
 
-    def _uint8_at_input_size(self, x: torch.Tensor) -> np.ndarray:
-        """uint8 NHWC pixels at the input size: what a client sends to the exported graph."""
+    def _uint8_resized(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) at the input size, as a client would send after resizing."""
         if tuple(x.shape[-2:]) != self.size:
             x = resize_batch(x, self.size)
             x = x if x.dtype == torch.uint8 else (x * 255).round().clamp(0, 255).to(torch.uint8)
-        return x.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
+        return x
+
+    def _uint8_at_input_size(self, x: torch.Tensor) -> np.ndarray:
+        """uint8 NHWC pixels at the input size: what a client sends to the exported graph."""
+        return self._uint8_resized(x).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
 
 
 class Classification(_ImageMixin, Task):
@@ -223,6 +232,15 @@ class Segmentation(_ImageMixin, Task):
         result["baseline_pixel_accuracy"] = baseline["pixel_accuracy"]
         result["baseline_mean_iou"] = baseline["mean_iou"]
         return result
+
+    @torch.no_grad()
+    def figures(self, net: nn.Module, directory: Path, count: int = 4) -> None:
+        """predictions.png: a few validation images, true and predicted masks side by side."""
+        net.eval()
+        images, masks = self.splits.test_x[:count], self.splits.test_y[:count]
+        x, true = self._pixels(images, masks, train=False)
+        pred = net(x).argmax(1).cpu()  # (n, H, W) at the input size
+        plot_segmentation(self._uint8_resized(images), true.cpu(), pred, self.info["colors"], directory / "predictions.png", self.ignore)
 
     def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:
         s = self.splits

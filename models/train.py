@@ -346,6 +346,7 @@ def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
             save_checkpoint(run.checkpoints, "last", tag, net, state_payload, info)
             run.write_json("metrics.json", {"primary": task.primary, "history": history, "final": test_metrics})
             plot_curves(history, task.primary, run.path / "curves.png", spec.name)
+            task.figures(net, run.path)
             if not options.quiet:
                 print(f"epoch {epoch}/{epochs}  train {_format(train_metrics)}  test {_format(test_metrics)}  "
                       f"{record['samples_per_s']:,.0f} samples/s  {seconds:.1f}s", flush=True)

@@ -105,6 +105,7 @@ def test_each_task_trains(kind, tmp_path):
     final = result.final
     if kind == "segmentation":
         assert final["mean_iou"] > final["baseline_mean_iou"]
+        assert (tmp_path / "run" / "predictions.png").stat().st_size > 1000
     if kind == "series":
         assert {"rmse", "mae", "naive_rmse", "rmse_4_step"} <= set(final)
     if kind == "text":
