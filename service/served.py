@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from models.card import ImageInput, ModelCard, SeriesInput, TokenInput
 from models.runtime import make_session
-from models.store import StoredModel, verify_stored
+from models.store import StoredModel, model_store, verify_stored
 from service.config import EndpointConfig, ModelRef
 from service.errors import NOT_FOUND, RequestError
 from service.schemas import EndpointInfo, ModelInfo
@@ -96,10 +96,19 @@ def declare_models(refs: Iterable[ModelRef]) -> Callable[[type[T]], type[T]]:
     return declare
 
 
+def _find(tag: str) -> bentoml.Model:
+    """The stored model in $BENTOML_HOME (read now: bentoml caches the home it first saw), else in BentoML's own
+    configured store — inside a built bento the models live in the bento, not in $BENTOML_HOME."""
+    try:
+        return model_store().get(tag)
+    except bentoml.exceptions.NotFound:
+        return bentoml.models.get(tag)
+
+
 def load_model(ref: ModelRef, endpoint: str, threads: int) -> ServedModel:
     """Load, verify and open `ref` for `endpoint`; ServingError if it cannot serve there."""
-    try:  # through BentoML's store: inside a built bento the models live in the bento, not in $BENTOML_HOME
-        stored = verify_stored(bentoml.models.get(ref.tag))
+    try:
+        stored = verify_stored(_find(ref.tag))
     except Exception as e:  # StoreError, or bentoml's own errors on a damaged store
         raise ServingError(f"{endpoint}: cannot load model {ref.tag}: {e}") from None
     task, kind = ENDPOINT_TASKS[endpoint]
