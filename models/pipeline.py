@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +64,12 @@ def export_run(run_dir: Path, *, data_root: Path | None = None, checkpoint: str 
     run = Run(run_dir)
     spec = run.load_spec()
     info = run.read_json("task.json")
-    metrics = run.read_json("metrics.json").get("final", {})
+    chosen = load_checkpoint(run.checkpoints, checkpoint, with_state=False)
+    history = run.read_json("metrics.json")["history"]
+    # the card carries the held-out metrics of the epoch whose weights are exported, not of the last epoch
+    metrics = next((h["test"] for h in history if h["epoch"] == chosen.pointer["epoch"]), history[-1]["test"])
     net = build(spec)
-    net.load_state_dict(load_checkpoint(run.checkpoints, checkpoint, with_state=False).weights)
+    net.load_state_dict(chosen.weights)
     net.eval()
     task = make_task(spec, open_dataset(spec, data_root, spec.train.seed), torch.device("cpu"))
     real = task.parity_inputs(samples)
@@ -112,8 +114,9 @@ class LineResult:
     tag: str
 
     def summary(self) -> str:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in _numeric(self.trained.final).items())
-        lines = [f"{self.tag}", f"  metrics: {metrics}", f"  {self.exported.parity.summary()}"]
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.exported.card.metrics.items())
+        lines = [f"{self.tag}", f"  held-out metrics of the exported (best) checkpoint: {metrics}",
+                 f"  {self.exported.parity.summary()}"]
         if self.exported.quant is not None:
             lines.append(f"  {self.exported.quant.summary()}")
         elif self.exported.quant_note:
@@ -128,9 +131,3 @@ def run_line(spec_path: Path | str, options: TrainOptions, *, quiet: bool = Fals
     trained = train(spec, options)
     exported = export_run(trained.run.path, data_root=options.data_root, quiet=quiet)
     return LineResult(trained, exported, store_export(exported))
-
-
-def write_summary(path: Path, results: list[LineResult]) -> None:
-    atomic_write_text(path, json.dumps([{"tag": r.tag, "metrics": _numeric(r.trained.final),
-                                         "parity": r.exported.parity.passed,
-                                         "int8": r.exported.quant is not None} for r in results], indent=2))
