@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # helper modules beside this file, under any import mode
 import stored_models  # noqa: E402
+from live_server import Server, serve  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +19,11 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENTOML_HOME", str(home))
         yield home, stored_models.make_all(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def server(stored: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `bentoml serve` of the stored test models on a free port, for one test module, stopped after."""
+    home, tags = stored
+    with serve(home, tags, tmp_path_factory.mktemp("server")) as running:
+        yield running

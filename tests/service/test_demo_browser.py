@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from live_server import Server, serve
+from live_server import Server
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
@@ -23,13 +23,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwrig
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def server(stored: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home, tags = stored
-    with serve(home, tags, tmp_path_factory.mktemp("server")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

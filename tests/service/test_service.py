@@ -18,17 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from live_server import LIMITS, Server, serve
+from live_server import LIMITS, Server
 from models.data import load_dataset
 from models.runtime import make_session
 from models.store import load_from_store
-
-
-@pytest.fixture(scope="module")
-def server(stored: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home, tags = stored
-    with serve(home, tags, tmp_path_factory.mktemp("server")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
