@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command_line('zoo_parity.py', argv)}` — {now()}, {load_note()}.", "",
         md_table(["spec", "parameters", "exporter", "inputs", "samples", "batch sizes", "max abs diff", "parity",
                   "export + proof s"], rows)])
-    if not args.only:
-        write_section("zoo_parity", body)
-    else:
-        print(body)
+    write_section("zoo_parity", body)  # the command line in the section says which specs it covered
     return 0 if all(r[7] == "passed" for r in rows) else 1
 
 
