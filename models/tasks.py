@@ -49,8 +49,11 @@ class Task:
         """Subclasses check the splits against the spec here (the dataclass __init__ calls it)."""
 
     # -- training
-    def n_train(self) -> int:
-        return len(self.splits.train_x)
+    def steps_per_epoch(self, world: int = 1) -> int:
+        """Optimizer steps in one epoch of train_batches, computed (not by cutting every batch)."""
+        n = len(self.splits.train_x)
+        per_rank = n - n % world if world > 1 else n
+        return math.ceil(per_rank // world / self.spec.data.batch_size)
 
     def train_batches(self, generator: torch.Generator, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         return tensor_batches(self.splits.train_x, self.splits.train_y, self.spec.data.batch_size, shuffle=True,
@@ -264,8 +267,9 @@ class TokenSequence(Task):
         self.primary, self.higher_is_better = "perplexity", False
         self.info = {"vocab": vocab.to_dict()}
 
-    def n_train(self) -> int:
-        return len(self.splits.train) // self.steps
+    def steps_per_epoch(self, world: int = 1) -> int:
+        # the stream's batch count depends on the random offset of each epoch: count one (slices are views)
+        return sum(1 for _ in self.train_batches(torch.Generator().manual_seed(0)))
 
     def train_batches(self, generator, rank=0, world=1):
         # every rank reads the same stream: text models are small, and sharding a stream would break state carry-over
@@ -314,6 +318,13 @@ class TokenSequence(Task):
         return batch[0].numel()
 
 
+def _mse_step(self: Task, net, batch, state=None, generator=None) -> StepResult:
+    """One regression step: inputs (B, τ) or (B, F) → (B, 1), mean squared error."""
+    x, y = (t.to(self.device, non_blocking=True) for t in batch)
+    loss = F.mse_loss(net(x).float(), y)
+    return StepResult(loss, {"loss": loss.detach() * len(y), "count": torch.tensor(len(y))})
+
+
 class SeriesForecast(Task):
     """Window of τ values → the next value; metrics in the series' own units against the last-value baseline."""
 
@@ -324,10 +335,7 @@ class SeriesForecast(Task):
         self.primary, self.higher_is_better = "rmse", False
         self.info = {"scaling": dict(self.splits.scaling)}
 
-    def step(self, net, batch, state=None, generator=None) -> StepResult:
-        x, y = (t.to(self.device, non_blocking=True) for t in batch)  # (B, τ), (B, 1)
-        loss = F.mse_loss(net(x).float(), y)
-        return StepResult(loss, {"loss": loss.detach() * len(y), "count": torch.tensor(len(y))})
+    step = _mse_step
 
     @torch.no_grad()
     def evaluate(self, net, k: int = 4) -> dict[str, Any]:
@@ -364,10 +372,7 @@ class Regression(Task):
         _check(isinstance(self.splits, RegressionSplits), f"dataset {self.spec.data.dataset} does not give features")
         self.primary, self.higher_is_better = "rmse", False
 
-    def step(self, net, batch, state=None, generator=None) -> StepResult:
-        x, y = (t.to(self.device, non_blocking=True) for t in batch)
-        loss = F.mse_loss(net(x).float(), y)
-        return StepResult(loss, {"loss": loss.detach() * len(y), "count": torch.tensor(len(y))})
+    step = _mse_step
 
     @torch.no_grad()
     def evaluate(self, net) -> dict[str, Any]:

@@ -8,6 +8,7 @@ of seed and epoch, never of consumed random state).
 """
 from __future__ import annotations
 
+import ast
 import os
 import random
 import time
@@ -124,15 +125,9 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate(_literal_tuple(state["python"]))
+    random.setstate(ast.literal_eval(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _literal_tuple(text: str):
-    import ast
-
-    return ast.literal_eval(text)
 
 
 # ------------------------------------------------------------------ pretrained weights
@@ -264,7 +259,7 @@ def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
     if options.compile:
         model = torch.compile(model)
 
-    steps_per_epoch = sum(1 for _ in task.train_batches(torch.Generator().manual_seed(0), d.rank, d.world))
+    steps_per_epoch = task.steps_per_epoch(d.world)
     if options.max_steps:
         steps_per_epoch = min(steps_per_epoch, options.max_steps)
     optimizer = make_optimizer(net, spec, lr_scales)
