@@ -126,14 +126,7 @@ def fmt(value: float, digits: int = 2) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- BENCHMARKS.md
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from models.hardware import cpu_model  # noqa: E402  (re-exported: the benchmark scripts import it from here)
 
 
 def cpu_flags() -> str:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -37,6 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python benchmarks/serve_load.py` from anywhere
+from models.hardware import cpu_model  # noqa: E402
 from service.config import DEFAULT_PATH, Batching, load_config  # noqa: E402
 
 SHIPPED = load_config(DEFAULT_PATH)  # defaults: what service/serving.yaml ships
@@ -193,9 +193,7 @@ def serving_config(tag: str, workers: int, threads: int, batching: dict | None) 
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}"
+    return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}"
 
 
 def table(levels: list[Level], baseline: str) -> str:

@@ -205,6 +205,9 @@ class TrainSpec(Section):
     warmup_epochs: float = Field(default=0.0, ge=0)
     clip_grad_norm: float | None = Field(default=None, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    class_weights: Literal["none", "median_frequency"] = Field(
+        default="none", description="images and masks: weight each class's loss by median frequency / its frequency "
+                                    "in the training labels (SegNet's balancing: rare classes count more)")
     early_stopping: EarlyStopping | None = None
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -277,6 +280,9 @@ class Spec(Section):
             raise ValueError(f"task {self.task} takes {' or '.join(sorted(allowed))} input, not {self.input.kind}")
         if not self.network and self.backbone is None:
             raise ValueError("network is empty: list at least one layer")
+        if self.train.class_weights != "none" and self.task not in ("classification", "segmentation"):
+            raise ValueError(f"train.class_weights weighs classes: it applies to classification and segmentation, "
+                             f"not {self.task}")
         return self
 
     # ---------------------------------------------------------------- provenance

@@ -137,6 +137,21 @@ class _ImageMixin:
         return self._uint8_resized(x).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
 
 
+def class_weights(labels: torch.Tensor, classes: int, ignore: int | None, mode: str, device) -> torch.Tensor | None:
+    """Per-class loss weights (K,) from the training labels: median frequency / frequency ("median_frequency",
+    Eigen & Fergus 2015, as SegNet trains CamVid), so a class with a tenth of the median's pixels weighs 10×.
+    A class absent from the training labels gets weight 0: no target ever asks for it."""
+    if mode == "none":
+        return None
+    valid = labels[labels != ignore] if ignore is not None else labels.flatten()
+    counts = torch.bincount(valid.flatten(), minlength=classes)[:classes].double()  # (K,)
+    frequency = counts / counts.sum()
+    present = counts > 0
+    weights = torch.zeros(classes, dtype=torch.float64)
+    weights[present] = frequency[present].median() / frequency[present]
+    return weights.float().to(device)
+
+
 class Classification(_ImageMixin, Task):
     def __post_init__(self) -> None:
         _check(isinstance(self.splits, ImageSplits), f"dataset {self.spec.data.dataset} does not give images with labels")
@@ -147,12 +162,13 @@ class Classification(_ImageMixin, Task):
                f"{self.spec.data.dataset}: {self.classes} classes but the spec lists {len(labels)} labels")
         self.primary, self.higher_is_better = "accuracy", True
         self.info = {"labels": list(labels)}
+        self.weights = class_weights(self.splits.train_y, self.classes, None, self.spec.train.class_weights, self.device)
 
     def step(self, net, batch, state=None, generator=None) -> StepResult:
         x, _ = self._pixels(batch[0], None, train=True)
         y = batch[1].to(self.device, non_blocking=True)
         logits = net(x)  # (B, K)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.spec.train.label_smoothing)
+        loss = F.cross_entropy(logits.float(), y, weight=self.weights, label_smoothing=self.spec.train.label_smoothing)
         correct = (logits.argmax(1) == y).sum()
         return StepResult(loss, {"loss": loss.detach() * len(y), "correct": correct, "count": torch.tensor(len(y))})
 
@@ -196,11 +212,14 @@ class Segmentation(_ImageMixin, Task):
         self.primary, self.higher_is_better = "mean_iou", True
         self.info = {"labels": list(labels), "colors": [list(c) for c in self.splits.colors[: self.classes]],
                      "ignore_index": self.ignore}
+        self.weights = class_weights(self.splits.train_y, self.classes, self.ignore, self.spec.train.class_weights,
+                                     self.device)
 
     def step(self, net, batch, state=None, generator=None) -> StepResult:
         x, mask = self._pixels(batch[0], batch[1], train=True)
         logits = net(x)  # (B, K, H, W)
-        loss = F.cross_entropy(logits.float(), mask, ignore_index=-100 if self.ignore is None else self.ignore)
+        loss = F.cross_entropy(logits.float(), mask, weight=self.weights,
+                               ignore_index=-100 if self.ignore is None else self.ignore)
         valid = mask != (-100 if self.ignore is None else self.ignore)
         correct = ((logits.argmax(1) == mask) & valid).sum()
         n = valid.sum()

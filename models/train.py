@@ -25,6 +25,7 @@ from torch import nn
 from .builder import SpecNet, build
 from .checkpoint import CheckpointError, load_checkpoint, load_weights_file, read_pointer, save_checkpoint
 from .datasource import open_dataset
+from .hardware import device_description
 from .optim import make_optimizer, make_schedule
 from .plots import plot_curves
 from .runs import Run, RunError
@@ -286,6 +287,7 @@ def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
         run.write_json("task.json", {"task": spec.task, "primary": task.primary, **task.info})
 
     clip = spec.train.clip_grad_norm
+    hardware = device_description(device, d.world)
     last_plot = float("-inf")
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     for epoch in range(start_epoch, epochs + 1):
@@ -345,7 +347,8 @@ def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
             if improved:
                 save_checkpoint(run.checkpoints, "best", tag, net, state_payload, info)
             save_checkpoint(run.checkpoints, "last", tag, net, state_payload, info)
-            run.write_json("metrics.json", {"primary": task.primary, "history": history, "final": test_metrics})
+            run.write_json("metrics.json", {"primary": task.primary, "hardware": hardware, "history": history,
+                                            "final": test_metrics})
             # drawing takes 130-200 ms (measured): on fast epochs redraw at most every 30 s, and always at the end
             if stopping or epoch == epochs or time.monotonic() - last_plot > PLOT_EVERY_S:
                 plot_curves(history, task.primary, run.path / "curves.png", spec.name)

@@ -92,6 +92,10 @@ train: {epochs: 2, optimizer: {sgd: {lr: 0.03}}}
 }
 
 
+TASK_SPECS["segmentation_balanced"] = TASK_SPECS["segmentation"].replace(
+    "name: tiny-seg", "name: tiny-seg-balanced").replace("lr: 0.01}}}", "lr: 0.01}}, class_weights: median_frequency}")
+
+
 @pytest.mark.parametrize("kind", sorted(TASK_SPECS))
 def test_each_task_trains(kind, tmp_path):
     spec = load_spec(write_spec(tmp_path, TASK_SPECS[kind]))
@@ -102,14 +106,24 @@ def test_each_task_trains(kind, tmp_path):
     assert len(metrics["history"]) == spec.train.epochs
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert load_checkpoint(tmp_path / "run" / "checkpoints", "best").pointer["epoch"] >= 1
+    assert metrics["hardware"].startswith("CPU: ")  # every figure names what it was measured on
     final = result.final
-    if kind == "segmentation":
+    if kind.startswith("segmentation"):
         assert final["mean_iou"] > final["baseline_mean_iou"]
         assert (tmp_path / "run" / "predictions.png").stat().st_size > 1000
     if kind == "series":
         assert {"rmse", "mae", "naive_rmse", "rmse_4_step"} <= set(final)
     if kind == "text":
         assert final["perplexity"] < 28  # better than uniform over the vocabulary
+
+
+def test_median_frequency_class_weights():
+    from models.tasks import class_weights
+
+    masks = torch.tensor([0] * 80 + [1] * 10 + [2] * 10 + [11] * 5)  # class 3 absent, 11 = void
+    weights = class_weights(masks, 4, 11, "median_frequency", "cpu")
+    assert torch.allclose(weights, torch.tensor([0.125, 1.0, 1.0, 0.0]))  # median 0.1 / frequencies 0.8, 0.1, 0.1
+    assert class_weights(masks, 4, 11, "none", "cpu") is None
 
 
 def test_digits_reaches_097(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from models.data.base import DataArgs, DataError, ImageSplits, reading, register, require_file
 from models.data.download import fetch
@@ -63,6 +64,8 @@ class IdxArgs(DataArgs):
     root: Path
     download: bool = False
     mirror: str | None = None  # extra base URL tried first (an internal mirror, or file:///path/ for offline copies)
+    # the first N training images only (quick runs of the big networks on a CPU); the test set stays whole
+    max_train: int | None = Field(default=None, ge=1)
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -126,6 +129,8 @@ def load_idx(source: IdxSource, args: IdxArgs) -> ImageSplits:
         raise DataError(
             f"{args.root}: train images are {tuple(train_x.shape[2:])} but test images {tuple(test_x.shape[2:])}"
         )
+    if args.max_train is not None:
+        train_x, train_y = train_x[: args.max_train], train_y[: args.max_train]  # (n, 1, 28, 28), (n,)
     return ImageSplits(train_x, train_y, test_x, test_y, list(source.labels))
 
 

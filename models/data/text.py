@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from models.data.base import DataArgs, DataError, Fraction, TextCorpus, reading, register, require_file
 
@@ -80,8 +81,14 @@ class Vocab:
         return f"Vocab(mode={self.mode!r}, size={len(self)})"
 
 
-def corpus_from_text(text: str, mode: VocabMode, test_fraction: float, source: str) -> TextCorpus:
-    """Clean, split off the last `test_fraction` as test, build the vocabulary on the training part, encode."""
+def corpus_from_text(
+    text: str, mode: VocabMode, test_fraction: float, source: str, max_train_chars: int | None = None
+) -> TextCorpus:
+    """Clean, split off the last `test_fraction` as test, build the vocabulary on the training part, encode.
+
+    `max_train_chars` keeps only the first N training characters (D2L's `max_tokens=10000`); the held-out tail is
+    the same as without it, so the two settings' held-out perplexities compare.
+    """
     cleaned = clean(text, mode)
     if not cleaned.strip():
         raise DataError(f"{source}: no tokens left after cleaning (vocab {mode!r} keeps letters and spaces only)")
@@ -90,9 +97,10 @@ def corpus_from_text(text: str, mode: VocabMode, test_fraction: float, source: s
         raise DataError(
             f"{source}: {len(cleaned)} characters is too short to train on with test_fraction {test_fraction}"
         )
-    vocab = Vocab.build(cleaned[:cut], mode)
+    train_end = cut if max_train_chars is None else min(cut, max_train_chars)
+    vocab = Vocab.build(cleaned[:train_end], mode)
     ids = torch.tensor(vocab.lookup(cleaned), dtype=torch.int64)  # (L + M,)
-    return TextCorpus(train=ids[:cut], test=ids[cut:], vocab=vocab)
+    return TextCorpus(train=ids[:train_end], test=ids[cut:], vocab=vocab)
 
 
 def read_text(path: Path) -> str:
@@ -105,24 +113,25 @@ def read_text(path: Path) -> str:
     return text
 
 
-class TextArgs(DataArgs):
-    path: Path
-    vocab: VocabMode = "course"
-    test_fraction: Fraction = 0.1
-
-
 class EmbeddedTextArgs(DataArgs):
     vocab: VocabMode = "course"
     test_fraction: Fraction = 0.1
+    max_train_chars: int | None = Field(default=None, ge=2, description="train on the first N characters only")
+
+
+class TextArgs(EmbeddedTextArgs):
+    path: Path
 
 
 @register("text", task="sequence", args=TextArgs)
 def text(args: TextArgs, seed: int) -> TextCorpus:
     """A char-level corpus from one UTF-8 text file."""
-    return corpus_from_text(read_text(args.path), args.vocab, args.test_fraction, str(args.path))
+    return corpus_from_text(read_text(args.path), args.vocab, args.test_fraction, str(args.path), args.max_train_chars)
 
 
 @register("embedded_text", task="sequence", args=EmbeddedTextArgs)
 def embedded_text(args: EmbeddedTextArgs, seed: int) -> TextCorpus:
     """The first chapters of The Time Machine, shipped with specserve: a text demo that needs no files."""
-    return corpus_from_text(read_text(EMBEDDED_TEXT), args.vocab, args.test_fraction, str(EMBEDDED_TEXT))
+    return corpus_from_text(
+        read_text(EMBEDDED_TEXT), args.vocab, args.test_fraction, str(EMBEDDED_TEXT), args.max_train_chars
+    )

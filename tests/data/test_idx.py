@@ -24,6 +24,13 @@ def test_reads_generated_files(tmp_path):
     assert load_dataset("mnist", {"root": str(tmp_path)}).labels == [str(d) for d in range(10)]
 
 
+def test_max_train_keeps_the_first_training_images_and_the_whole_test_set(tmp_path):
+    arrays = write_idx_dataset(tmp_path, n_train=12, n_test=5)
+    splits = load_dataset("fashion_mnist", {"root": str(tmp_path), "max_train": 4})
+    assert splits.train_x.shape == (4, 1, 28, 28) and splits.test_x.shape == (5, 1, 28, 28)
+    assert np.array_equal(splits.train_y.numpy(), arrays["train"][1][:4])
+
+
 def test_missing_file_names_it_and_hints_download(tmp_path):
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: file not found.*download: true"):
         load_dataset("mnist", {"root": str(tmp_path)})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from models.data import DataError, Vocab, load_dataset
 from models.data.text import EMBEDDED_TEXT
@@ -35,6 +36,17 @@ def test_all_vocab_and_holdout(tmp_path):
     assert "!" not in vocab.tokens  # only in the held-out part
     assert vocab.decode(test.tolist()).endswith("<unk>")
     assert Vocab.from_dict(vocab.to_dict()).tokens == vocab.tokens
+
+
+def test_max_train_chars_keeps_the_head_and_the_same_holdout(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij" * 10)  # 100 characters: train 80, held-out 20
+    full = load_dataset("text", {"path": str(path), "test_fraction": 0.2})
+    head = load_dataset("text", {"path": str(path), "test_fraction": 0.2, "max_train_chars": 30})
+    assert head.vocab.decode(head.train.tolist()) == "abcdefghij" * 3
+    assert torch.equal(head.test, full.test) and len(full.train) == 80
+    with pytest.raises(ValidationError, match="max_train_chars"):  # the spec layer locates it in the YAML
+        load_dataset("text", {"path": str(path), "max_train_chars": 0})
 
 
 def test_encode_unknown_and_round_trip():

@@ -1,0 +1,255 @@
+"""The course's results table, reproduced from specs alone: train each row's spec, read its run, write the table.
+
+    .venv/bin/python benchmarks/course_table.py                  # train what has no finished run, write the table
+    .venv/bin/python benchmarks/course_table.py --only alexnet   # one row (several: --only lenet,nin)
+    .venv/bin/python benchmarks/course_table.py --table-only     # no training: the table from the runs present
+    .venv/bin/python benchmarks/course_table.py --fresh          # retrain even rows that have a finished run
+
+Each row is a spec from specs/ trained by the product's own trainer (`models.train.train`, what `specserve train`
+runs); rows marked "reduced" override a few values of the spec (input size, number of training images, epochs,
+optimizer) so that the big networks train on a 2-core CPU in minutes instead of GPU-hours. The overrides are printed
+in the table next to the spec, so every figure can be reproduced with the command above.
+
+Runs go to runs/course/<row>/ (ignored by git). The table is written into README.md between
+`<!-- course_results:begin -->` and `<!-- course_results:end -->`, into BENCHMARKS.md (section course_results) and
+as figures under benchmarks/figures/: test accuracy against training time for the image classifiers, and
+perplexity per epoch for the language models. Times are the trainer's own per-epoch training time (evaluation
+excluded), on the hardware each run recorded in its metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.common import (  # noqa: E402
+    ROOT, SHARED_DATA, fmt, load_note, load_spec_variant, md_table, now, replace_section, set_threads, write_section,
+)
+
+RUNS = ROOT / "runs" / "course"
+FIGURES = ROOT / "benchmarks" / "figures"
+README = ROOT / "README.md"
+SECTION = "course_results"
+
+# the big CNNs on a CPU: 10,000 training images (of 60,000), 3 epochs, SGD with momentum (the course's plain SGD
+# needs the full data and 10 epochs to get going), the whole 10,000-image test set
+REDUCED = {"data": {"max_train": 10_000, "batch_size": 64}, "train": {"epochs": 3}}
+
+
+def _reduced(size: int, lr: float) -> dict[str, Any]:
+    return {**REDUCED, "input": {"size": [size, size]},
+            "train": {**REDUCED["train"], "optimizer": {"sgd": {"lr": lr, "momentum": 0.9}}}}
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # run folder and --only name
+    model: str  # what the course calls it
+    spec: str  # file in specs/
+    overrides: dict[str, Any] = field(default_factory=dict)
+    setting: str = "the spec as written"  # what the overrides mean, for the table
+    needs_data: bool = True  # reads ../shared/data (else embedded or generated data)
+
+
+ROWS = [
+    Row("lenet", "LeNet", "lenet.yaml", setting="course recipe, 60,000 images, 28×28"),
+    Row("lenet_bn", "LeNet + batch norm", "lenet_bn.yaml", setting="course recipe, 60,000 images, 28×28"),
+    Row("alexnet", "AlexNet", "alexnet.yaml", _reduced(80, 0.01), "reduced: 80×80, 10,000 images, 3 epochs"),
+    Row("vgg11", "VGG-11", "vgg11.yaml", _reduced(32, 0.01), "reduced: 32×32, 10,000 images, 3 epochs"),
+    Row("nin", "NiN", "nin.yaml", _reduced(80, 0.02), "reduced: 80×80, 10,000 images, 3 epochs"),
+    Row("googlenet", "GoogLeNet", "googlenet.yaml", _reduced(64, 0.02), "reduced: 64×64, 10,000 images, 3 epochs"),
+    Row("resnet18", "ResNet-18", "resnet18.yaml", _reduced(64, 0.02), "reduced: 64×64, 10,000 images, 3 epochs"),
+    Row("fcn_camvid", "FCN (ResNet-18 backbone)", "fcn_camvid.yaml",
+        setting="CamVid at 96×128, 157 training images, from scratch"),
+    Row("char_rnn", "RNN", "char_rnn.yaml", setting="course recipe: first 10,000 characters, 500 epochs"),
+    Row("char_gru", "GRU", "char_gru.yaml", setting="course recipe: first 10,000 characters, 500 epochs"),
+    Row("char_lstm", "LSTM", "char_lstm.yaml", setting="course recipe: first 10,000 characters, 500 epochs"),
+    Row("char_gru_book", "GRU", "char_gru_book.yaml", setting="the whole book (150,000 characters), 140 epochs"),
+    Row("sine", "MLP forecaster", "sine_forecaster.yaml", setting="course series: sin(0.01 t) + noise 0.2",
+        needs_data=False),
+    Row("airline", "MLP forecaster", "airline_forecaster.yaml", setting="airline passengers, monthly"),
+    Row("sunspots", "MLP forecaster", "sunspots_forecaster.yaml", setting="Zurich sunspots, monthly"),
+]
+
+
+# ----------------------------------------------------------------------------------------------- training
+def finished(run: Path) -> dict[str, Any] | None:
+    """The run's metrics when it trained every epoch its spec asked for, else None."""
+    metrics_file, spec_file = run / "metrics.json", run / "spec.yaml"
+    if not (metrics_file.is_file() and spec_file.is_file()):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    epochs = (yaml.safe_load(spec_file.read_text()).get("train") or {}).get("epochs", 10)
+    return metrics if len(metrics["history"]) >= epochs else None
+
+
+def train_row(row: Row, data_root: Path | None) -> None:
+    from models.train import TrainOptions, train
+
+    run = RUNS / row.key
+    if run.exists():
+        shutil.rmtree(run)  # an unfinished or --fresh run: start over (training would refuse a non-empty folder)
+    spec = load_spec_variant(row.spec, row.overrides)
+    began = time.perf_counter()
+    print(f"[{row.key}] training {row.spec} ({row.setting}) → {run.relative_to(ROOT)}", flush=True)
+    train(spec, TrainOptions(out=run, data_root=data_root, quiet=True))
+    print(f"[{row.key}] done in {time.perf_counter() - began:.0f} s wall", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- the table
+def train_seconds(metrics: dict[str, Any]) -> float:
+    return sum(epoch["seconds"] for epoch in metrics["history"])
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def result_cells(metrics: dict[str, Any]) -> tuple[str, str]:
+    """(result, comparison) for the run's task, read from its final evaluation."""
+    final, primary = metrics["final"], metrics["primary"]
+    if primary == "accuracy":
+        return f"test accuracy **{final['accuracy']:.3f}**", f"top-5 {final.get('top5_accuracy', float('nan')):.3f}"
+    if primary == "mean_iou":
+        return (f"mean IoU **{final['mean_iou']:.3f}**, pixel accuracy {final['pixel_accuracy']:.3f}",
+                f"majority class: mean IoU {final['baseline_mean_iou']:.3f}, "
+                f"pixel accuracy {final['baseline_pixel_accuracy']:.3f}")
+    if primary == "perplexity":
+        train_ppl = metrics["history"][-1]["train"]["perplexity"]
+        best = min(metrics["history"], key=lambda e: e["test"]["perplexity"])
+        return (f"perplexity: training **{train_ppl:.2f}**, held-out **{final['perplexity']:.2f}** (lowest held-out "
+                f"{best['test']['perplexity']:.2f} at epoch {best['epoch']}, training then {best['train']['perplexity']:.2f})",
+                "uniform guess: 28")
+    if primary == "rmse":
+        k_step = next((f"{k.split('_')[1]}-step {v:.3g}" for k, v in final.items() if k.startswith("rmse_")), "")
+        return (f"1-step RMSE **{final['rmse']:.3g}**" + (f", {k_step}" if k_step else ""),
+                f"naive last value: {final['naive_rmse']:.3g}")
+    return f"{primary} {final.get(primary)}", ""
+
+
+def command(row: Row) -> str:
+    return f"`.venv/bin/python benchmarks/course_table.py --only {row.key}`"
+
+
+def table(rows: list[Row]) -> tuple[str, list[str]]:
+    lines, missing = [], []
+    for row in rows:
+        metrics = finished(RUNS / row.key)
+        if metrics is None:
+            missing.append(row.key)
+            continue
+        result, comparison = result_cells(metrics)
+        overrides = f"<br>overrides `{json.dumps(row.overrides, separators=(',', ':'))}`" if row.overrides else ""
+        lines.append([row.model, f"[`{row.spec}`](specs/{row.spec}){overrides}", row.setting, result, comparison,
+                      len(metrics["history"]), duration(train_seconds(metrics)),
+                      metrics.get("hardware", "not recorded"), command(row)])
+    header = ["model", "spec", "setting", "result", "baseline / reference", "epochs", "training time", "hardware",
+              "command"]
+    return md_table(header, lines, "lllllrrll"), missing
+
+
+def plot(rows: list[Row]) -> list[str]:
+    """Accuracy vs cumulative training time (classifiers), perplexity per epoch (language models); PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    runs = [(row, m) for row in rows if (m := finished(RUNS / row.key)) is not None]
+    written = []
+    classifiers = [(row, m) for row, m in runs if m["primary"] == "accuracy"]
+    if classifiers:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for row, m in classifiers:
+            elapsed, accuracy, total = [], [], 0.0
+            for epoch in m["history"]:
+                total += epoch["seconds"]
+                elapsed.append(total / 60)
+                accuracy.append(epoch["test"]["accuracy"])
+            ax.plot(elapsed, accuracy, marker="o", label=f"{row.model} ({row.setting.split(',')[0]})")
+        ax.set(xlabel="training time (min, evaluation excluded)", ylabel="test accuracy",
+               title="Fashion-MNIST: test accuracy vs training time")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = FIGURES / "course_accuracy_vs_time.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    language = [(row, m) for row, m in runs if m["primary"] == "perplexity"]
+    if language:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for row, m in language:
+            epochs = [e["epoch"] for e in m["history"]]
+            line, = ax.plot(epochs, [e["train"]["perplexity"] for e in m["history"]], label=f"{row.spec} training")
+            ax.plot(epochs, [e["test"]["perplexity"] for e in m["history"]], linestyle="--", color=line.get_color(),
+                    label=f"{row.spec} held-out")
+        ax.set(xlabel="epoch", ylabel="perplexity", title="The Time Machine: character perplexity", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = FIGURES / "course_perplexity.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return [str(p.relative_to(ROOT)) for p in written]
+
+
+def write_outputs(rows: list[Row]) -> None:
+    body, missing = table(rows)
+    figures = plot(rows)
+    images = "\n\n".join(f"![{Path(p).stem}]({p})" for p in figures)
+    note = (f"Not yet run: {', '.join(missing)} (`benchmarks/course_table.py --only NAME`).\n\n" if missing else "")
+    text = (f"Written by `.venv/bin/python benchmarks/course_table.py` on {now()} ({load_note()}). Training time is "
+            f"the trainer's per-epoch time summed, evaluation excluded, on the hardware named in the row; other jobs "
+            f"shared the CPU for some rows.\n\n{body}\n\n{note}{images}")
+    README.write_text(replace_section(README.read_text(), SECTION, text))
+    write_section(SECTION, "## The course's results table\n\n" + text)
+    print(body)
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="", help=f"comma-separated rows: {', '.join(r.key for r in ROWS)}")
+    p.add_argument("--fresh", action="store_true", help="retrain rows that already have a finished run")
+    p.add_argument("--table-only", action="store_true", help="train nothing; write the table from present runs")
+    p.add_argument("--data-root", type=Path, default=SHARED_DATA, help="where fashion-mnist/, camvid/... are")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = p.parse_args(argv)
+    known = {r.key for r in ROWS}
+    if unknown := {k for k in args.only.split(",") if k} - known:
+        p.error(f"unknown row(s) {sorted(unknown)}; choose from {', '.join(sorted(known))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = [r for r in ROWS if not args.only or r.key in args.only.split(",")]
+    if not args.table_only:
+        set_threads(args.threads)
+        for row in chosen:
+            if row.needs_data and not args.data_root.is_dir():
+                print(f"[{row.key}] skipped: no data root {args.data_root}", flush=True)
+            elif args.fresh or finished(RUNS / row.key) is None:
+                train_row(row, args.data_root if row.needs_data else None)
+            else:
+                print(f"[{row.key}] finished run present in {(RUNS / row.key).relative_to(ROOT)}; kept", flush=True)
+    write_outputs(ROWS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
