@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -50,7 +49,7 @@ from models.data import Vocab, resize_batch  # noqa: E402
 from models.export import ExportResult, TokenStep, export_net, graph_feeds, graph_module  # noqa: E402
 from models.pipeline import make_card  # noqa: E402
 from models.quantize import QuantReport, quantize  # noqa: E402
-from models.runtime import CPU, make_session, session_options  # noqa: E402
+from models.runtime import make_session, runtime_ops  # noqa: E402
 from models.spec import Spec  # noqa: E402
 
 SECTION = "inference"
@@ -148,17 +147,9 @@ def prepare(model: ModelDef, work: Path, threads: int) -> Prepared:
     quant = quantize(exported.path, int8, eval_inputs=data[:128], eval_labels=labels[:128], max_drop=1.0,
                      calibration=data[128:192], method=method, threads=threads, latency_runs=1)
     kib = {name: path.stat().st_size / 1024 for name, path in (("product", exported.path), ("hand", hand), ("int8", int8))}
+    # two files whose optimized graphs run the same operators differ in speed only by noise
     same = sorted(runtime_ops(exported.path, threads)) == sorted(runtime_ops(hand, threads))
     return Prepared(model, spec, card, module, exported, hand, int8, quant, data, kib, same)
-
-
-def runtime_ops(path: Path, threads: int) -> list[str]:
-    """Operator types of the graph onnxruntime really runs (every optimization level, this CPU): two files with
-    the same list differ in speed only by noise."""
-    options = session_options(threads)
-    options.optimized_model_filepath = str(path.with_suffix(".runtime.onnx"))
-    make_session(path, options=options, providers=(CPU,))
-    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -299,7 +290,7 @@ def report(timings: list[Timing], accuracy: Accuracy | None, args: argparse.Name
         verdict = "accepted" if r.drop <= accuracy.max_drop else "would be refused"
         parts += ["", f"int8 accuracy on held-out Fashion-MNIST images: {accuracy.source}; {r.method}; calibrated on "
                       f"{r.calibration_samples} training images; scored on {r.eval_samples} test images. Latency here "
-                      f"is quantize's own (median of 20 calls each, not interleaved).", "",
+                      f"is quantize's own (median of 20 calls each, fp32 and int8 taking turns).", "",
                   md_table(["fp32 accuracy", "int8 accuracy", "change", f"spec max drop {accuracy.max_drop:g}",
                             "fp32 ms b1", "int8 ms b1", "fp32 ms b64", "int8 ms b64", "size KiB fp32 → int8"],
                            [[f"{r.fp32_score:.4f}", f"{r.int8_score:.4f}", f"{r.int8_score - r.fp32_score:+.4f}",

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal, Union
 
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator,
+                      model_validator)
 
 CARD_KEY = "specserve.card"  # metadata_props key holding the card JSON
 TASK_KEY = "specserve.task"  # flat copies so `onnx` tooling shows them without parsing JSON
@@ -66,12 +67,45 @@ class TokenInput(_Frozen):
         return vocab
 
 
+class StandardScaling(_Frozen):
+    """model units = (raw − mean) / std."""
+
+    kind: Literal["standard"] = "standard"
+    mean: FiniteFloat
+    std: FiniteFloat = Field(gt=0)
+
+
+class MinMaxScaling(_Frozen):
+    """model units = (raw − min) / (max − min): [min, max] → [0, 1]."""
+
+    kind: Literal["minmax"] = "minmax"
+    min: FiniteFloat
+    max: FiniteFloat
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MinMaxScaling":
+        if not self.max > self.min:
+            raise ValueError(f"max must be > min, got min {self.min} and max {self.max}")
+        return self
+
+
+class NoScaling(_Frozen):
+    """The graph takes raw values."""
+
+    kind: Literal["none"] = "none"
+
+
+# The kind is written out, never inferred from which numbers are present: `model_dump()` is exactly the dict
+# models.data.forecast.scale/unscale take, so serving scales with the code and numbers training used.
+Scaling = Annotated[Union[StandardScaling, MinMaxScaling, NoScaling], Field(discriminator="kind")]
+
+
 class SeriesInput(_Frozen):
-    """Forecasters: a window of past values, scaled as in training (e.g. {"mean": m, "std": s})."""
+    """Forecasters: a window of past values, scaled as in training (`scaling`)."""
 
     kind: Literal["series"] = "series"
     window: int = Field(gt=0)
-    scaling: dict[str, float] = Field(default_factory=dict)
+    scaling: Scaling
 
 
 class FeatureInput(_Frozen):

@@ -50,8 +50,9 @@ def make_card(spec: Spec, info: dict[str, Any], metrics: dict[str, Any]) -> Mode
     elif i.kind == "tokens":
         card_input = TokenInput(vocab=info["vocab"]["tokens"])
     elif i.kind == "series":
-        scaling = {k: float(v) for k, v in info.get("scaling", {}).items() if k != "kind"}
-        card_input = SeriesInput(window=i.window, scaling=scaling)
+        # a trained run always records its fitted scaling (kind and numbers); random-weight exports (zoo parity,
+        # tests) saw no data, so their graph takes raw values
+        card_input = SeriesInput(window=i.window, scaling=info.get("scaling", {"kind": "none"}))
     else:
         card_input = FeatureInput(count=i.features)
     return ModelCard(name=spec.name, spec_hash=spec.spec_hash(), task=spec.task, input=card_input,

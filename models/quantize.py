@@ -1,15 +1,20 @@
 """int8 quantization of an exported graph, accepted only if it keeps the task metric.
 
 * CNNs (any Conv/ConvTranspose in the graph): static QDQ quantization calibrated on real samples, uint8
-  activations and per-channel int8 weights — on an AVX-512 VNNI CPU that ran a ResNet-18 3.5–4.7× faster than
-  fp32, while int8 activations gave no speed-up. (Dynamic quantization of Conv would produce ConvInteger,
-  which the CPU provider may refuse.)
+  activations and per-channel 7-bit int8 weights (`_STATIC` says why, with the measurements). Dynamic
+  quantization of Conv would produce ConvInteger, which the CPU provider may refuse.
 * everything else (MLPs, RNN/GRU/LSTM heads): dynamic quantization of MatMul/Gemm weights only; activations
   are quantized on the fly, so no calibration set is needed.
 
-The int8 model is measured against fp32 in the same call (file size, latency at batch 1 and 64, the task
-metric on labelled samples). If the metric drops by more than `max_drop` the int8 model is refused:
-ExportError, and nothing is written at `out_path`.
+The int8 model is measured against fp32 in the same call (file size, latency at batch 1 and 64 with the two
+models timed alternately, the task metric on labelled samples). If the metric drops by more than `max_drop`
+the int8 model is refused: ExportError, and nothing is written at `out_path`.
+
+How much int8 buys depends on the CPU: without VNNI (AVX2 only, as on the machine this project runs on) the
+u8×s8 kernels do about twice the multiply-adds per cycle of fp32 FMA, so ResNet-18 runs ~2.1× faster, not the
+3.5–4.7× seen with VNNI. The smaller the convolutions, the more quantizing and requantizing eat the gain
+(measured, 1 thread): a 3-convolution 32/64-channel CNN is 0.97× at batch 1 and 1.24× at batch 64, LeNet
+(6 and 16 channels) is slower in int8 (0.3–0.5×).
 """
 from __future__ import annotations
 
@@ -35,6 +40,36 @@ from models.runtime import make_session
 
 Method = Literal["static", "dynamic"]
 QUANT_KEY = "specserve.quantization"
+
+# quantize_static settings, chosen by measurement on this project's CPU (AMD EPYC, AVX2, no VNNI; onnxruntime
+# 1.31 CPU provider, graph optimization ALL, 1 thread; thread CPU time, fp32 and every variant interleaved).
+# Speed-up vs fp32: ResNet-18 1×96×96 at batch 1 / 64. Accuracy change: trained Fashion-MNIST CNNs on 10,000
+# test images (fashion-cnn 0.9149 and lenet 0.8360 in fp32), where ±0.002 is ~20 images, i.e. noise.
+#
+#   activations / weights (format)               b1      b64         Δ fashion-cnn   Δ lenet
+#   uint8 / int8 per-channel, 7-bit (QDQ)  ←     2.10×   2.14–2.21×  −0.0011         +0.0021
+#   int8 / int8 per-channel, 7-bit (QDQ)         1.05×   1.03×       −0.0011         +0.0021
+#   uint8 / int8 per-tensor, 7-bit (QDQ)         2.09×   2.13×       −0.0005         +0.0004
+#   uint8 / int8 per-channel, 8-bit (QDQ)        2.07×   2.03×       −0.0061         −0.0016
+#   uint8 / int8 per-channel, 7-bit (QOperator)  2.12×   2.04×       −0.0011         +0.0022
+#   uint8 / uint8 per-tensor (QDQ)               1.61×   1.56×       −0.0020         +0.0001
+#   uint8 / int8 + ActivationSymmetric (QDQ)     1.91×   1.84×       −0.0022         +0.0016
+#
+# * uint8 activations: onnxruntime fuses DequantizeLinear → Conv → QuantizeLinear into its QLinearConv kernel
+#   (NHWC, MLAS u8×s8) for all 20 convolutions; with int8 activations it left the 11 that feed residual Adds
+#   as fp32 Conv between Q/DQ pairs and transposes, which cancelled the gain (tests/export/test_export_quantize.py
+#   checks the fusion on a small residual net). uint8 weights use a slower kernel.
+# * int8 weights per channel: as fast as per tensor, and safer: batch norm folded into a convolution gives its
+#   channels very different ranges, and one scale per tensor is set by the widest. 7-bit (reduce_range): as
+#   fast, and needed without VNNI, where u8×s8 pairs are summed in saturating int16 (full 8-bit weights lost
+#   0.6 points on fashion-cnn).
+# * QDQ rather than QOperator: onnxruntime runs the very same QLinear* graph for both, and QDQ is the format
+#   other providers (CUDA, TensorRT) read. ActivationSymmetric keeps every Relu as a separate op: slower.
+# * quant_pre_process (shape inference + optimization) first: the optimized graph is identical with or without
+#   it, but it is the input the quantizer documents, and shapes help it place per-channel axes.
+# QLinearConv is ~88% of the int8 ResNet-18's time, so no setting here gets past the kernel's ~2.2×.
+_STATIC = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+               per_channel=True, calibrate_method=CalibrationMethod.MinMax)
 _METHOD_NAMES = {"static": "static QDQ, uint8 activations, per-channel int8 weights (MinMax calibration)",
                  "dynamic": "dynamic, int8 MatMul/Gemm weights"}
 _EVAL_BATCH = 64
@@ -110,18 +145,23 @@ def _outputs(session: ort.InferenceSession, card: ModelCard, inputs: np.ndarray)
                            for i in range(0, len(inputs), _EVAL_BATCH)])
 
 
-def _latency_ms(session: ort.InferenceSession, card: ModelCard, inputs: np.ndarray, batch: int, runs: int) -> float:
-    """Median wall time of one run at `batch` (inputs tiled if fewer), after warm-up."""
+def _latencies_ms(sessions: dict[str, ort.InferenceSession], card: ModelCard, inputs: np.ndarray, batch: int,
+                  runs: int) -> dict[str, float]:
+    """Median wall time of one run at `batch` (inputs tiled if fewer) for each session, after warm-up. The
+    sessions take turns, in reversed order every other run, so a change in the machine's load (it is shared)
+    hits all of them alike instead of whichever happened to be timed then."""
     data = np.resize(inputs, (batch, *inputs.shape[1:])).astype(inputs.dtype)  # (batch, ...)
-    feeds = graph_feeds(session, card, data)
-    for _ in range(3):
-        run_onnx(session, card, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run_onnx(session, card, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    feeds = graph_feeds(next(iter(sessions.values())), card, data)
+    for session in sessions.values():
+        for _ in range(3):
+            run_onnx(session, card, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for i in range(runs):
+        for name in sessions if i % 2 == 0 else reversed(list(sessions)):
+            start = time.perf_counter()
+            run_onnx(sessions[name], card, feeds)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _drop(fp32: Score, int8: Score) -> float:
@@ -136,9 +176,8 @@ def _quantize_file(src: Path, dst: Path, method: Method, session: ort.InferenceS
     quant_pre_process(str(src), str(pre))  # shape inference + BASIC optimization, as the quantizer expects
     if method == "static":
         assert calibration is not None
-        quantize_static(str(pre), str(dst), _Calibration(session, card, calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(str(pre), str(dst), _Calibration(session, card, calibration), reduce_range=reduce_range,
+                        **_STATIC)
     else:
         quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                          reduce_range=reduce_range)
@@ -190,8 +229,9 @@ def quantize(onnx_path: str | Path, out_path: str | Path, *, eval_inputs: np.nda
         int8 = make_session(candidate, threads)
         scores = {name: task_score(card, _outputs(s, card, eval_inputs), eval_labels)
                   for name, s in (("fp32", fp32), ("int8", int8))}
-        latency = {name: {str(b): _latency_ms(s, card, eval_inputs, b, latency_runs) for b in (1, 64)}
-                   for name, s in (("fp32", fp32), ("int8", int8))}
+        per_batch = {b: _latencies_ms({"fp32": fp32, "int8": int8}, card, eval_inputs, b, latency_runs)
+                     for b in (1, 64)}
+        latency = {name: {str(b): ms[name] for b, ms in per_batch.items()} for name in ("fp32", "int8")}
         report = QuantReport(method=_METHOD_NAMES[chosen], reduce_range=reduce_range,
                              fp32_bytes=onnx_path.stat().st_size, int8_bytes=candidate.stat().st_size,
                              latency_ms=latency, metric=scores["fp32"].metric, fp32_score=scores["fp32"].value,

@@ -1,12 +1,10 @@
 """Forecasting with a window model: raw values → model units → k steps, each prediction fed back → raw values.
 
-The graph takes a window of values *scaled as in training*; the card records that scaling as plain numbers
-({"mean", "std"}, {"min", "max"}, or nothing), which `scaling_of` turns into the dict models.data.forecast
-understands, so serving scales, steps and unscales with the very code training used.
+The graph takes a window of values *scaled as in training*; the card records that scaling with its kind
+(models.card.Scaling, validated when the card is read), and its `model_dump()` is the very dict
+models.data.forecast understands, so serving scales, steps and unscales with the code training used.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -21,18 +19,6 @@ def window_of(model: ServedModel) -> SeriesInput:
     return spec
 
 
-def scaling_of(spec: SeriesInput) -> dict[str, Any]:
-    """The card's scaling numbers as a models.data.forecast scaling dict (kind told by which numbers it has)."""
-    numbers = dict(spec.scaling)
-    if {"mean", "std"} <= numbers.keys():
-        return {"kind": "standard", "mean": numbers["mean"], "std": numbers["std"]}
-    if {"min", "max"} <= numbers.keys():
-        return {"kind": "minmax", "min": numbers["min"], "max": numbers["max"]}
-    if not numbers:
-        return {"kind": "none"}
-    raise ValueError(f"card scaling {numbers} is neither mean/std nor min/max")
-
-
 def forecast(model: ServedModel, values: list[float], steps: int) -> list[float]:
     """The next `steps` values after `values` (raw units); 422 when the series is too short or its values
     leave float32 range once scaled (the graph computes in float32)."""
@@ -44,7 +30,7 @@ def forecast(model: ServedModel, values: list[float], steps: int) -> list[float]
     if len(values) < spec.window:
         raise RequestError(UNPROCESSABLE, f"the series has {len(values)} values; {model.name} needs at least its "
                                           f"window of {spec.window}")
-    scaling = scaling_of(spec)
+    scaling = spec.scaling.model_dump()  # {"kind": ..., its numbers}
     history = np.asarray(scale(np.asarray(values[-spec.window:], dtype=np.float64), scaling))  # (τ,)
     if not np.all(np.isfinite(history.astype(np.float32))):
         raise RequestError(UNPROCESSABLE, "the series' last values are too large for the model (float32 overflow)")

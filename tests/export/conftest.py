@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.card import FeatureInput, ImageInput, ModelCard, SeriesInput, TokenInput
+from models.card import FeatureInput, ImageInput, ModelCard, SeriesInput, StandardScaling, TokenInput
 
 TEXT = ("the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us "
         "his grey eyes shone and twinkled and his usually pale face was flushed and animated the fire burned "
@@ -174,7 +174,7 @@ def series() -> tuple[np.ndarray, np.ndarray]:
 
 def series_card() -> ModelCard:
     return ModelCard(name="sine", spec_hash="5e71e5", task="sequence",
-                     input=SeriesInput(window=16, scaling={"mean": 0.0, "std": 1.0}))
+                     input=SeriesInput(window=16, scaling=StandardScaling(mean=0.0, std=1.0)))
 
 
 def features_card(count: int) -> ModelCard:

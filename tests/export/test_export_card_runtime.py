@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from models import runtime
-from models.card import CardError, ImageInput, ModelCard, TokenInput, validate_card
+from models.card import CardError, ImageInput, ModelCard, SeriesInput, TokenInput, validate_card
+from models.data.forecast import fit_scaling, scale, unscale
 
 
 def test_card_json_round_trip(digits_export):
@@ -28,6 +29,37 @@ def test_untrusted_card_json_is_refused_with_one_line(text, message):
     with pytest.raises(CardError, match=message) as caught:
         ModelCard.from_json(text)
     assert "\n" not in str(caught.value)
+
+
+SERIES_CARD = '{"name": "x", "spec_hash": "h", "task": "sequence", "input": {"kind": "series", "window": 4%s}}'
+
+
+@pytest.mark.parametrize("scaling, message", [
+    ("", r"^card field input\.series\.scaling: Field required$"),
+    (', "scaling": {"kind": "log"}', r"^card field input\.series\.scaling: Input tag 'log' .* expected tags: "
+                                     r"'standard', 'minmax', 'none'$"),
+    (', "scaling": {"mean": 0, "std": 1}', r"^card field input\.series\.scaling: Unable to extract tag .*'kind'$"),
+    (', "scaling": {"kind": "standard", "mean": 0}', r"^card field input\.series\.scaling\.standard\.std: Field "
+                                                     r"required$"),
+    (', "scaling": {"kind": "standard", "mean": 0, "std": 0}', r"scaling\.standard\.std: Input should be greater"),
+    (', "scaling": {"kind": "standard", "mean": NaN, "std": 1}', r"scaling\.standard\.mean: .*finite"),
+    (', "scaling": {"kind": "minmax", "min": 2, "max": 1}', r"scaling\.minmax: max must be > min"),
+    (', "scaling": {"kind": "none", "mean": 0}', r"scaling\.none\.mean: Extra inputs are not permitted"),
+], ids=["absent", "unknown-kind", "no-kind", "missing-std", "zero-std", "nan-mean", "min-above-max", "extra-number"])
+def test_series_scaling_is_explicit_and_checked_when_read(scaling, message):
+    with pytest.raises(CardError, match=message) as caught:
+        ModelCard.from_json(SERIES_CARD % scaling)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["standard", "minmax", "none"])
+def test_series_scaling_round_trips_to_what_training_used(kind):
+    """The card holds the dict models.data.forecast fitted, kind included, and gives it back unchanged."""
+    fitted = fit_scaling([3.0, 5.0, 11.0], kind)
+    card = ModelCard.from_json(SERIES_CARD % f', "scaling": {json.dumps(fitted)}')
+    assert isinstance(card.input, SeriesInput) and card.input.scaling.kind == kind
+    assert card.input.scaling.model_dump() == fitted
+    assert unscale(scale(7.0, card.input.scaling.model_dump()), fitted) == pytest.approx(7.0)
 
 
 def test_card_field_rules():
@@ -79,6 +111,7 @@ def test_session_is_quiet_and_bounded(digits_export, capfd):
     options = session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # shared cores
     assert "Failed to create" not in capfd.readouterr().err
     with pytest.raises(ValueError, match="threads must be >= 1"):
         runtime.make_session(digits_export.path, threads=0)

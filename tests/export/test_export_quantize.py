@@ -8,11 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from models.card import read_card, validate_card
 from models.export import ExportError, export_net
 from models.quantize import QUANT_KEY, QuantRefused, quantize
-from models.runtime import make_session
+from models.runtime import make_session, runtime_ops
 
 
 def op_counts(path) -> Counter:
@@ -37,6 +38,34 @@ def test_static_qdq_for_a_trained_cnn(digits, digits_export, tmp_path):
     assert {p.key: p.value for p in model.metadata_props}[QUANT_KEY] == "static"
     session = make_session(out, threads=1)
     assert session.run(None, {"pixels": pixels[:3]})[0].shape == (3, 10)
+
+
+class Residual(nn.Module):
+    """ResNet's basic block in miniature: relu(x + conv(relu(conv(x))))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+def test_every_convolution_of_a_residual_net_runs_as_an_integer_kernel(digits, digits_card, tmp_path):
+    """What the static settings are chosen for (models.quantize._STATIC): onnxruntime must turn every Conv into
+    QLinearConv, including the ones feeding a residual Add, which int8 activations would leave in fp32."""
+    pixels, labels = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), Residual(16), Residual(16),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    fp32 = export_net(net, digits_card, tmp_path, example_inputs=pixels[:4])
+    out = tmp_path / "model.int8.onnx"
+    # random weights: the accuracy is not the point here, so nothing is refused
+    quantize(fp32.path, out, calibration=pixels[:64], eval_inputs=pixels[:64], eval_labels=labels[:64],
+             max_drop=1.0, threads=1, latency_runs=1)
+    ops = Counter(runtime_ops(out, threads=1))
+    assert "Conv" not in ops and ops["QLinearConv"] == op_counts(fp32.path)["Conv"] == 5
 
 
 def test_bad_calibration_is_refused_and_nothing_is_written(digits, digits_export, tmp_path):
