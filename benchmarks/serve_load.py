@@ -83,8 +83,8 @@ def digit_png() -> bytes:
     return buffer.getvalue()
 
 
-def build_model(home: Path) -> str:
-    """Store specs/digits_cnn.yaml with initial weights in `home`; returns the tag."""
+def build_model(home: Path, spec_file: str = "digits_cnn.yaml") -> str:
+    """Store specs/<spec_file> (an image model) with initial weights in `home`; returns the tag."""
     import torch
 
     from models.builder import build
@@ -94,7 +94,7 @@ def build_model(home: Path) -> str:
     from models.spec import load_spec
     from models.store import save_to_store
 
-    spec = load_spec(ROOT / "specs" / "digits_cnn.yaml")
+    spec = load_spec(ROOT / "specs" / spec_file)
     net = build(spec, seed=0).eval()
     inp = spec.input
     card = ModelCard(name=spec.name, spec_hash=spec.spec_hash(), task=spec.task, labels=spec.labels,
@@ -152,9 +152,12 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-async def load(server: Server, concurrency: int, seconds: float, warmup: float, png: bytes) -> Level:
-    """`concurrency` clients posting `png` back to back; counts only what completes after `warmup`."""
-    url = f"http://127.0.0.1:{server.port}/classify"
+async def load(server: Server, concurrency: int, seconds: float, warmup: float, png: bytes, path: str = "/classify",
+               field: str = "images", values: dict[str, str] | None = None) -> Level:
+    """`concurrency` clients posting `png` (as file `field`, with `values`; default k=5) to `path` back to back;
+    counts only what completes after `warmup`."""
+    url = f"http://127.0.0.1:{server.port}{path}"
+    values = {"k": "5"} if values is None else values
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
@@ -164,8 +167,9 @@ async def load(server: Server, concurrency: int, seconds: float, warmup: float, 
         nonlocal errors
         while (sent := time.perf_counter()) < stop_at:
             form = aiohttp.FormData()
-            form.add_field("images", png, filename="digit.png", content_type="image/png")
-            form.add_field("k", "5")
+            form.add_field(field, png, filename="image.png", content_type="image/png")
+            for name, value in values.items():
+                form.add_field(name, value)
             try:
                 async with http.post(url, data=form) as response:
                     await response.read()

@@ -10,9 +10,12 @@ def sample_next(logits: np.ndarray, allowed: np.ndarray, temperature: float, top
     scores = np.where(allowed, logits.astype(np.float64), -np.inf)  # (V,)
     if temperature == 0:
         return int(scores.argmax())
-    scores = scores / temperature
+    # Shift before dividing: scores / temperature overflows to inf for a tiny temperature (1e-308), and inf - inf
+    # is NaN; shifted scores are <= 0, so a tiny temperature only sends the non-best ones to -inf (near-greedy).
+    with np.errstate(over="ignore"):
+        scores = (scores - scores.max()) / temperature
     if 0 < top_k < int(allowed.sum()):
         kth = np.partition(scores, -top_k)[-top_k]
         scores = np.where(scores >= kth, scores, -np.inf)
-    weights = np.exp(scores - scores.max())
+    weights = np.exp(scores)
     return int(rng.choice(len(weights), p=weights / weights.sum()))

@@ -70,7 +70,8 @@ class SpecServe:
                  length: Annotated[int, Field(ge=1, le=LIMITS.max_generation_length)] = 100,
                  temperature: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0,
                  top_k: Annotated[int, Field(ge=0, description="sample among the k best; 0 = all")] = 0,
-                 seed: Annotated[int | None, Field(ge=0, lt=2**63)] = None, model: ModelName = None) -> GenerateResult:
+                 seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None,
+                 model: ModelName = None) -> GenerateResult:
         """A continuation of `prefix` by a character model (temperature 0 = greedy; same seed, same text)."""
         served = self.endpoints["generate"].pick(model)
         seed = generation.new_seed() if seed is None else seed

@@ -1,21 +1,34 @@
-"""ASGI middleware guarding request bodies before BentoML parses them.
+"""ASGI middleware guarding API request bodies before BentoML parses them.
 
-* A body larger than `max_bytes` is answered 413 without being read past the limit (from Content-Length when
-  the client sends one; chunked bodies are counted as they arrive).
-* In a multipart request, a file field sent as a plain value (`-F images=foo` instead of `-F images=@foo.png`) is
-  answered 400: BentoML would otherwise treat the value as a URL and download it from the server (a request
-  forgery surface, and a 500 when the value is not a URL). So is a file sent in any other field: BentoML would
-  parse it as JSON text and answer 500 when it is binary.
+BentoML answers *any* exception raised while it parses a request with 500, including Starlette's own "bad form"
+errors and the errors of the `json.loads` it runs on every form value. So whatever would make that parse fail is
+refused here first, with a 4xx that says what was wrong:
+
+* A body larger than `max_bytes` is answered 413 without being read past the limit (from Content-Length when the
+  client sends one; chunked bodies are counted as they arrive).
+* A compressed body (Content-Encoding other than identity) is 415: nothing in the stack decodes it, so it would
+  otherwise reach the parsers as opaque bytes.
+* An API with file parameters takes multipart/form-data only (415 otherwise); multipart without a boundary is 400.
+* Form bodies (multipart and urlencoded) are parsed here with python-multipart, the parser Starlette uses, within
+  the limits Starlette's `Request.form()` applies for BentoML (1000 fields, 1000 files, 1 MiB per plain value):
+  malformed → 400, a plain value over 1 MiB → 413, a value `json.loads` cannot take (nested too deep, an integer
+  of more than 4300 digits) → 400.
+* A file field sent as a plain value (`-F images=foo` instead of `-F images=@foo.png`) is 400: BentoML would
+  otherwise treat the value as a URL and download it from the server (a request forgery surface). So is a file sent
+  in any other field: BentoML would parse it as JSON text.
 
 Bodies of API calls are buffered here (at most `max_bytes`) and replayed to the app unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, MutableMapping
+import json
+from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple
+from urllib.parse import unquote_plus
 
-from python_multipart.multipart import parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
 
-from service.errors import BAD_REQUEST, TOO_LARGE, error_response
+from service.errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED, RequestError, error_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,22 +36,127 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+MULTIPART, URLENCODED = "multipart/form-data", "application/x-www-form-urlencoded"
+# Starlette's Request.form() defaults, which BentoML uses; beyond them Starlette raises (and BentoML answers 500).
+MAX_FORM_FIELDS = 1000
+MAX_FORM_FILES = 1000
+MAX_FORM_VALUE_BYTES = 1024 * 1024
 
-def multipart_parts(body: bytes, boundary: bytes) -> list[tuple[str, bool]]:
-    """(field name, is a file upload) of each part of a multipart `body`, read from the parts' headers only."""
-    parts: list[tuple[str, bool]] = []
-    delimiter = b"--" + boundary
-    at = body.find(delimiter)
-    while at != -1 and body[at + len(delimiter): at + len(delimiter) + 2] != b"--":
-        end = body.find(b"\r\n\r\n", at)
-        if end == -1:
-            break
-        for line in body[at + len(delimiter): end].split(b"\r\n"):
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-disposition":
-                _, params = parse_options_header(value.strip())
-                parts.append((params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params))
-        at = body.find(delimiter, end)
+
+class FormPart(NamedTuple):
+    name: str
+    is_file: bool
+
+
+def bentoml_media_type(headers: dict[str, bytes]) -> str:
+    """The media type exactly as BentoML reads it to pick its parser (case-sensitive; none means JSON)."""
+    return headers.get("content-type", b"application/json").decode("latin-1").split(";")[0].strip()
+
+
+def check_value(name: str, raw: bytes) -> None:
+    """Refuse a plain form value BentoML's `json.loads(value)` would crash on (it catches only JSONDecodeError)."""
+    if len(raw) > MAX_FORM_VALUE_BYTES:
+        raise RequestError(TOO_LARGE, f"form field {name!r}: more than {MAX_FORM_VALUE_BYTES:,} bytes, the limit of "
+                                      f"a form value; send long values as a JSON body")
+    try:
+        json.loads(raw.decode("utf-8", "replace"))
+    except json.JSONDecodeError:
+        pass  # not JSON: BentoML keeps the text as it is
+    except RecursionError:
+        raise RequestError(BAD_REQUEST, f"form field {name!r}: nested too deeply to be read") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        reason = str(e).split(";")[0]  # drop Python's advice to the server's programmer
+        raise RequestError(BAD_REQUEST, f"form field {name!r}: unreadable value ({reason})") from None
+
+
+def add_part(parts: list[FormPart], part: FormPart) -> None:
+    """Append `part`, refusing the form past Starlette's counts of files and fields."""
+    parts.append(part)
+    if len(parts) > min(MAX_FORM_FILES, MAX_FORM_FIELDS):  # count only when it can matter
+        files = sum(p.is_file for p in parts)
+        if files > MAX_FORM_FILES or len(parts) - files > MAX_FORM_FIELDS:
+            raise RequestError(BAD_REQUEST, f"more than {MAX_FORM_FILES:,} files or {MAX_FORM_FIELDS:,} fields in "
+                                            f"the form")
+
+
+def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart]:
+    """The parts of a multipart `body` (field name, whether it is a file upload); RequestError when the body is
+    malformed or a part is over the limits (see the module docstring)."""
+    parts: list[FormPart] = []
+    header: list[bytes] = [b"", b""]  # the header being read: name, value
+    disposition, value = b"", bytearray()
+
+    def on_part_begin() -> None:
+        nonlocal disposition
+        disposition = b""
+        value.clear()
+
+    def on_header_end() -> None:
+        nonlocal disposition
+        if header[0].strip().lower() == b"content-disposition":
+            disposition = header[1]
+        header[:] = [b"", b""]
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if not parts[-1].is_file and len(value) <= MAX_FORM_VALUE_BYTES:  # past the limit: only the size matters
+            value.extend(data[start:end])
+
+    def on_headers_finished() -> None:
+        _, params = parse_options_header(disposition)
+        if b"name" not in params:
+            raise RequestError(BAD_REQUEST, "a multipart part has no name (Content-Disposition: form-data; name=...)")
+        add_part(parts, FormPart(params[b"name"].decode("utf-8", "replace"), b"filename" in params))
+
+    def on_part_end() -> None:
+        if not parts[-1].is_file:
+            check_value(parts[-1].name, bytes(value))
+
+    def header_piece(index: int) -> Callable[[bytes, int, int], None]:
+        def add(data: bytes, start: int, end: int) -> None:
+            header[index] += data[start:end]
+        return add
+
+    callbacks = {"on_part_begin": on_part_begin, "on_header_field": header_piece(0),
+                 "on_header_value": header_piece(1), "on_header_end": on_header_end,
+                 "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end}
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as e:
+        raise RequestError(BAD_REQUEST, f"malformed multipart body ({e})") from None
+    return parts
+
+
+def urlencoded_parts(body: bytes) -> list[FormPart]:
+    """The fields of an application/x-www-form-urlencoded `body`, checked as `multipart_parts` checks values."""
+    parts: list[FormPart] = []
+    field: list[bytearray] = [bytearray(), bytearray()]  # name, value as sent (percent-encoded)
+
+    def on_field_start() -> None:
+        field[0].clear()
+        field[1].clear()
+
+    def piece(index: int) -> Callable[[bytes, int, int], None]:
+        def add(data: bytes, start: int, end: int) -> None:
+            field[index].extend(data[start:end])
+            if len(field[0]) + len(field[1]) > MAX_FORM_VALUE_BYTES:
+                raise RequestError(TOO_LARGE, f"a form field of more than {MAX_FORM_VALUE_BYTES:,} bytes; send long "
+                                              f"values as a JSON body")
+        return add
+
+    def on_field_end() -> None:
+        name = unquote_plus(field[0].decode("latin-1"))
+        add_part(parts, FormPart(name, False))
+        check_value(name, unquote_plus(field[1].decode("latin-1")).encode("utf-8"))
+
+    parser = QuerystringParser({"on_field_start": on_field_start, "on_field_name": piece(0),  # type: ignore[arg-type]
+                                "on_field_data": piece(1), "on_field_end": on_field_end})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as e:
+        raise RequestError(BAD_REQUEST, f"malformed form body ({e})") from None
     return parts
 
 
@@ -54,6 +172,37 @@ def misplaced_parts(parts: list[tuple[str, bool]], file_fields: set[str]) -> str
     return None
 
 
+def header_problem(path: str, headers: dict[str, bytes], file_fields: set[str]) -> RequestError | None:
+    """What is wrong with a request's Content-Encoding or Content-Type for the API at `path`, or None."""
+    encoding = headers.get("content-encoding", b"identity").strip().lower()
+    if encoding not in (b"", b"identity"):
+        return RequestError(UNSUPPORTED, f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send "
+                                         f"the body uncompressed")
+    media = bentoml_media_type(headers)
+    if file_fields and media != MULTIPART:
+        return RequestError(UNSUPPORTED, f"{path} takes {MULTIPART} (file field: {', '.join(sorted(file_fields))}), "
+                                         f"got Content-Type {media or 'none'!r}")
+    if media == MULTIPART and b"boundary" not in parse_options_header(headers["content-type"])[1]:
+        return RequestError(BAD_REQUEST, f"Content-Type {MULTIPART} without its boundary parameter")
+    return None
+
+
+def body_problem(body: bytes, headers: dict[str, bytes], file_fields: set[str]) -> RequestError | None:
+    """What is wrong with a buffered request body for an API whose file parameters are `file_fields`, or None."""
+    media = bentoml_media_type(headers)
+    try:
+        if media == MULTIPART:
+            parts = multipart_parts(body, parse_options_header(headers["content-type"])[1][b"boundary"])
+        elif media == URLENCODED:
+            parts = urlencoded_parts(body)
+        else:
+            return None  # JSON (or anything else, which BentoML reads as JSON): pydantic answers its errors with 400
+    except RequestError as e:
+        return e
+    problem = misplaced_parts(parts, file_fields)
+    return RequestError(BAD_REQUEST, problem) if problem else None
+
+
 class UploadGuard:
     def __init__(self, app: ASGIApp, max_bytes: int, routes: dict[str, set[str]]):
         """routes: API route path → names of its parameters that must be file uploads (other paths pass as is)."""
@@ -62,12 +211,15 @@ class UploadGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
             return await self.app(scope, receive, send)
+        file_fields = self.routes[scope["path"]]
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
         declared = headers.get("content-length", b"0")
         if not declared.isdigit():
             return await error_response(BAD_REQUEST, f"invalid Content-Length {declared!r}")(scope, receive, send)
         if int(declared) > self.max_bytes:
             return await self._too_large(scope, receive, send)
+        if problem := header_problem(scope["path"], headers, file_fields):
+            return await problem.response()(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -79,11 +231,8 @@ class UploadGuard:
             if size > self.max_bytes:
                 return await self._too_large(scope, receive, send)
         body = b"".join(chunks)
-        kind, params = parse_options_header(headers.get("content-type", b""))
-        if kind == b"multipart/form-data" and b"boundary" in params:
-            problem = misplaced_parts(multipart_parts(body, params[b"boundary"]), self.routes[scope["path"]])
-            if problem:
-                return await error_response(BAD_REQUEST, problem)(scope, receive, send)
+        if problem := body_problem(body, headers, file_fields):
+            return await problem.response()(scope, receive, send)
         replayed = False
 
         async def replay() -> Message:

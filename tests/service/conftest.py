@@ -22,8 +22,11 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
 
 
 @pytest.fixture(scope="module")
-def server(stored: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real `bentoml serve` of the stored test models on a free port, for one test module, stopped after."""
+def server(stored: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A real `bentoml serve` of the stored test models on a free port, for one test module, stopped after. A module
+    may set SERVER_CONFIG, a dict of serving-config keys that replace live_server.serving_config's (e.g. workers)."""
     home, tags = stored
-    with serve(home, tags, tmp_path_factory.mktemp("server")) as running:
+    overrides = getattr(request.module, "SERVER_CONFIG", None)
+    with serve(home, tags, tmp_path_factory.mktemp("server"), overrides=overrides) as running:
         yield running

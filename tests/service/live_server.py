@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
+import psutil
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = Path(sys.executable).with_name("bentoml")
@@ -27,17 +31,19 @@ class Server:
     url: str
     tags: dict[str, str]  # model name → stored tag
     log: Path
+    pid: int  # of `bentoml serve` (BentoML's arbiter, which starts the worker processes)
 
 
-def serving_config(tags: dict[str, str]) -> dict:
-    """Two classifiers (the MLP served from its int8 graph, picked by name), one model on each other endpoint."""
+def serving_config(tags: dict[str, str], overrides: dict | None = None) -> dict:
+    """Two classifiers (the MLP served from its int8 graph, picked by name), one model on each other endpoint;
+    `overrides` replaces top-level keys (e.g. workers, limits)."""
     return {"endpoints": {
         "classify": {"models": ["test-digits", {"tag": "test-digits-mlp", "int8": True}], "default": "test-digits",
                      "batching": {"max_batch_size": 8, "max_wait_ms": 1}},
         "segment": {"models": ["test-shapes"]},
         "forecast": {"models": [tags["sine-forecaster"]]},  # "name:version" pins a version
         "generate": {"models": ["test-chars"]}},
-        "workers": 1, "threads": 2, "limits": LIMITS}
+        "workers": 1, "threads": 2, "limits": LIMITS, **(overrides or {})}
 
 
 def free_port() -> int:
@@ -47,11 +53,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120) -> Iterator[Server]:
+def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120,
+          overrides: dict | None = None) -> Iterator[Server]:
     """`bentoml serve service.service:SpecServe` on a free loopback port until /readyz answers 200; the whole
     process group is stopped on exit, whatever happened."""
     config = workdir / "serving.yaml"
-    config.write_text(yaml.safe_dump(serving_config(tags)))
+    config.write_text(yaml.safe_dump(serving_config(tags, overrides)))
     port, log = free_port(), workdir / "server.log"
     env = {**os.environ, "BENTOML_HOME": str(home), "SPECSERVE_CONFIG": str(config), "PYTHONPATH": str(ROOT),
            "BENTOML_DO_NOT_TRACK": "True"}
@@ -73,7 +80,7 @@ def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield Server(url, tags, log)
+        yield Server(url, tags, log, process.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -82,3 +89,22 @@ def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The live worker processes of `server`: children of its arbiter running BentoML's worker module."""
+    pids = []
+    for child in psutil.Process(server.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker.service" in child.cmdline():
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:  # exited while being looked at
+            continue
+    return sorted(pids)
+
+
+def gradient_png() -> bytes:
+    """An 8×8 grayscale PNG, for the normal classify requests of tests that are about something else."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,14 +1,19 @@
-"""The service's helpers on their own (no server): config, batching, masks, multipart checks, model loading."""
+"""The service's helpers on their own (no server): config, batching, masks, multipart checks, forecast scaling,
+model loading."""
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from models.card import ModelCard, SeriesInput
 from service.batching import Batcher
 from service.config import ConfigError, ModelRef, load_config
 from service.masks import palette
+from service.series import forecast
 from service.served import ServingError, load_model
 from service.uploads import misplaced_parts, multipart_parts
 
@@ -131,6 +136,27 @@ def test_multipart_parts_and_misplaced_fields() -> None:
     assert misplaced_parts(parts, {"images"}) is None
     assert "images: must be a file upload" in misplaced_parts([("images", False)], {"images"})
     assert "k: a file upload where" in misplaced_parts([("images", True), ("k", True)], {"images"})
+
+
+# --------------------------------------------------------------------------------------------------- forecasting
+
+@pytest.mark.parametrize("scaling, model_units, zero_is", [
+    ({"kind": "standard", "mean": 10.0, "std": 2.0}, [0.0, 1.0, 2.0], 10.0),
+    ({"kind": "minmax", "min": 10.0, "max": 14.0}, [0.0, 0.5, 1.0], 10.0),
+    ({"kind": "none"}, [10.0, 12.0, 14.0], 0.0),
+])
+def test_forecast_scales_with_the_kind_the_card_names(scaling: dict, model_units: list[float], zero_is: float) -> None:
+    """A stand-in graph that records its window and always answers 0 in model units: the window it sees is the
+    series scaled by the card's scaling, and the answer comes back unscaled by the same one."""
+    card = ModelCard(name="sine", spec_hash="h", task="sequence", input=SeriesInput(window=3, scaling=scaling))
+    seen: list[np.ndarray] = []
+
+    def run(window: np.ndarray) -> list[np.ndarray]:  # (1, 3) float32 → [(1, 1)]
+        seen.append(window.copy())
+        return [np.zeros((len(window), 1), dtype=np.float32)]
+
+    ahead = forecast(SimpleNamespace(card=card, name="sine", run=run), [7.0, 10.0, 12.0, 14.0], steps=2)
+    assert seen[0].tolist() == [pytest.approx(model_units)] and ahead == [zero_is, zero_is]
 
 
 # --------------------------------------------------------------------------------------------------- loading
