@@ -97,7 +97,7 @@ def finished(run: Path) -> dict[str, Any] | None:
         return None
     metrics = json.loads(metrics_file.read_text())
     epochs = (yaml.safe_load(spec_file.read_text()).get("train") or {}).get("epochs", 10)
-    return metrics if len(metrics["history"]) >= epochs else None
+    return metrics if metrics.get("complete") or len(metrics["history"]) >= epochs else None
 
 
 def train_row(row: Row, data_root: Path | None) -> None:
@@ -145,6 +145,11 @@ def result_cells(metrics: dict[str, Any]) -> tuple[str, str]:
     return f"{primary} {final.get(primary)}", ""
 
 
+def _settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides without the merge's deletions (None values): what the row sets, for the table."""
+    return {k: _settings(v) if isinstance(v, dict) else v for k, v in overrides.items() if v is not None}
+
+
 def command(row: Row) -> str:
     return f"`.venv/bin/python benchmarks/course_table.py --only {row.key}`"
 
@@ -157,9 +162,7 @@ def table(rows: list[Row]) -> tuple[str, list[str]]:
             missing.append(row.key)
             continue
         result, comparison = result_cells(metrics)
-        shown = json.dumps(row.overrides, separators=(",", ":"))
-        for removed in ('"sgd":null,', '"adam":null,', '"adamw":null,'):  # the merge's deletions, not settings
-            shown = shown.replace(removed, "")
+        shown = json.dumps(_settings(row.overrides), separators=(",", ":"))
         overrides = f"<br>overrides `{shown}`" if row.overrides else ""
         lines.append([row.model, f"[`{row.spec}`](specs/{row.spec}){overrides}", row.setting, result, comparison,
                       len(metrics["history"]), duration(train_seconds(metrics)),

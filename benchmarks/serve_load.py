@@ -211,6 +211,31 @@ def table(levels: list[Level], baseline: str) -> str:
     return "\n".join(rows)
 
 
+def plot_latency(levels: list[Level], path: Path) -> None:
+    """p50 (solid) and p99 (dashed) latency against concurrency, one colour per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(lv.server for lv in levels):
+        mine = [lv for lv in levels if lv.server == name]
+        xs = [lv.concurrency for lv in mine]
+        line, = lat.plot(xs, [lv.percentile(50) for lv in mine], marker="o", label=f"{name} p50")
+        lat.plot(xs, [lv.percentile(99) for lv in mine], linestyle="--", color=line.get_color(), label=f"{name} p99")
+        thr.plot(xs, [lv.throughput for lv in mine], marker="o", color=line.get_color(), label=name)
+    lat.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log", title="classify latency")
+    thr.set(xlabel="concurrent clients", ylabel="requests/s", xscale="log", title="classify throughput")
+    for ax in (lat, thr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_section(path: Path, text: str) -> None:
     """Replace the text between the serve_load markers (append the section when absent)."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -230,7 +255,11 @@ async def main(args: argparse.Namespace) -> None:
     if built:
         env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(work / "bentoml")
         args.model = build_model(work)
-    variants = {"bentoml": None, "bentoml batched": {"max_batch_size": args.max_batch, "max_wait_ms": args.max_wait_ms}}
+    batched = {"max_batch_size": args.max_batch, "max_wait_ms": args.max_wait_ms}
+    # name → (batching, workers); the 1-worker variant shows what the second worker process buys
+    variants = {"bentoml": (None, args.workers), "bentoml batched": (batched, args.workers)}
+    if args.workers > 1:
+        variants["bentoml batched, 1 worker"] = (batched, 1)
     bentoml_bin = str(Path(sys.executable).with_name("bentoml"))
     servers: list[Server] = []
     try:
@@ -241,10 +270,10 @@ async def main(args: argparse.Namespace) -> None:
         servers.append(Server("plain starlette", [plain] * args.workers, {**env, "SPECSERVE_CONFIG": str(plain_config)},
                               sock.getsockname()[1], work / "plain.log", pass_fds=(sock.fileno(),)))
         sock.close()  # the processes hold it now
-        for name, batching in variants.items():
-            stem = name.replace(" ", "_")
+        for name, (batching, workers) in variants.items():
+            stem = name.replace(" ", "_").replace(",", "")
             config = work / f"{stem}.yaml"
-            config.write_text(yaml.safe_dump(serving_config(args.model, args.workers, args.threads, batching)))
+            config.write_text(yaml.safe_dump(serving_config(args.model, workers, args.threads, batching)))
             port = free_port()
             servers.append(Server(name, [[bentoml_bin, "serve", "service.service:SpecServe", "--port", str(port)]],
                                   {**env, "SPECSERVE_CONFIG": str(config)}, port, work / f"{stem}.log"))
@@ -278,7 +307,7 @@ async def main(args: argparse.Namespace) -> None:
         f"`{' '.join(['.venv/bin/python', 'benchmarks/serve_load.py', *sys.argv[1:]])}` — "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}.", "",
         f"Model `{args.model}`{' (specs/digits_cnn.yaml, initial weights)' if built else ''}, one 32×32 PNG per "
-        f"request, k=5. Every server: {args.workers} worker process(es) × "
+        f"request, k=5. Every server (but `1 worker`): {args.workers} worker process(es) × "
         f"{args.threads} thread(s), onnxruntime intra-op threads `auto`, loopback; `bentoml` = the service with no "
         f"batching, `bentoml batched` = max_batch_size {args.max_batch}, max_wait_ms {args.max_wait_ms:g} (the "
         f"shipped service/serving.yaml, unless the command says otherwise). {args.seconds:g} s measured per level "
@@ -289,6 +318,8 @@ async def main(args: argparse.Namespace) -> None:
         table(levels, "plain starlette")])
     print("\n" + text)
     if not args.no_write:
+        plot_latency(levels, ROOT / "benchmarks" / "figures" / "serve_latency.png")
+        text += "\n\n![latency and throughput vs concurrency](benchmarks/figures/serve_latency.png)"
         write_section(ROOT / "BENCHMARKS.md", text)
         print(f"\nwritten to {ROOT / 'BENCHMARKS.md'}")
 

@@ -347,8 +347,9 @@ def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
             if improved:
                 save_checkpoint(run.checkpoints, "best", tag, net, state_payload, info)
             save_checkpoint(run.checkpoints, "last", tag, net, state_payload, info)
+            # complete: the run ended (last epoch, or early stopping), so readers need not count epochs
             run.write_json("metrics.json", {"primary": task.primary, "hardware": hardware, "history": history,
-                                            "final": test_metrics})
+                                            "final": test_metrics, "complete": stopping or epoch == epochs})
             # drawing takes 130-200 ms (measured): on fast epochs redraw at most every 30 s, and always at the end
             if stopping or epoch == epochs or time.monotonic() - last_plot > PLOT_EVERY_S:
                 plot_curves(history, task.primary, run.path / "curves.png", spec.name)

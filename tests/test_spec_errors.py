@@ -24,7 +24,7 @@ CASES = [
     ("class weights on a language model", "name: t\ntask: sequence\ninput: {vocab: 28}\nnetwork: [one_hot, linear: {out: 28}]\n"
      "train: {class_weights: median_frequency}\n", "1:1", "", "applies to classification and segmentation, not sequence"),
     ("unknown class weighting", HEAD + "network: [flatten, linear: {out: 10}]\ntrain: {class_weights: inverse}\n",
-     "5:33", "train.class_weights", "'none' or 'median_frequency'"),
+     "5:24", "train.class_weights", "'none' or 'median_frequency'"),
     ("missing task", "name: t\ninput: {features: 3}\nnetwork: [linear: {out: 1}]\n", "1:1", "task", "missing required field"),
     ("unknown task", HEAD.replace("classification", "clasification") + "network: [flatten]\n", "2:7", "task", "Input should be"),
     ("bad name", HEAD.replace("name: t", "name: Bad Name!") + "network: [flatten]\n", "1:7", "name", "should match pattern"),

@@ -107,6 +107,7 @@ def test_each_task_trains(kind, tmp_path):
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert load_checkpoint(tmp_path / "run" / "checkpoints", "best").pointer["epoch"] >= 1
     assert metrics["hardware"].startswith("CPU: ")  # every figure names what it was measured on
+    assert metrics["complete"] is True
     final = result.final
     if kind.startswith("segmentation"):
         assert final["mean_iou"] > final["baseline_mean_iou"]
