@@ -189,6 +189,14 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     path.write_text(replace_section(text, name, body))
 
 
+def publish(name: str, text: str, write: bool = True) -> None:
+    """Print a benchmark's report and, unless told not to, make it section NAME of BENCHMARKS.md."""
+    print("\n" + text)
+    if write:
+        write_section(name, text)
+        print(f"\nwritten to BENCHMARKS.md ({name})")
+
+
 def update_header(text: str) -> str:
     """The machine section, kept right under the title."""
     begin, end = "<!-- machine:begin -->", "<!-- machine:end -->"

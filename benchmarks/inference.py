@@ -42,7 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks.common import (command_line, fashion_mnist_root, fmt, interleave, load_note, load_spec_variant,  # noqa: E402
-                               md_table, median, now, seconds_per_call, set_threads, write_section)
+                               md_table, median, now, seconds_per_call, publish, set_threads)
 from models.builder import build  # noqa: E402
 from models.card import ModelCard, TokenInput  # noqa: E402
 from models.data import Vocab, resize_batch  # noqa: E402
@@ -329,10 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         print("int8 accuracy on a trained model ...", flush=True)
         accuracy = trained_accuracy(args.run, args.threads, args.eval_samples)
     text = report(timings, accuracy, args)
-    print("\n" + text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print(f"\nwritten to BENCHMARKS.md ({SECTION})")
+    publish(SECTION, text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks.common import (command_line, fashion_mnist_root, fmt, interleave, load_note, load_spec_variant,  # noqa: E402
-                               md_table, median, now, seconds_per_call, set_threads, write_section)
+                               md_table, median, now, seconds_per_call, publish, set_threads)
 from models.builder import build  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
 from models.data import normalize, resize_batch  # noqa: E402
@@ -155,7 +155,7 @@ def run_trainer(case: Case) -> tuple[Measured, Any]:
 
 
 def _steps(case: Case, task) -> int:
-    full = math.ceil(task.n_train() / case.spec.data.batch_size)
+    full = task.steps_per_epoch()
     return min(full, case.steps) if case.steps else full
 
 
@@ -284,8 +284,8 @@ def measure(case: Case, rounds: int) -> CaseResult:
                   f"{1e3 * m.step_s:7.2f} ms/step in the median epoch, median step {1e3 * m.median_step_s:7.2f} ms, "
                   f"fixed {1e3 * m.fixed_s:7.1f} ms/epoch", flush=True)
     task = last["result"].task
-    full = math.ceil(task.n_train() / case.spec.data.batch_size)
-    return CaseResult(case, runs["trainer"], runs["hand"], full, task.n_train(), trainer_epoch_costs(last["result"]))
+    full = task.steps_per_epoch()
+    return CaseResult(case, runs["trainer"], runs["hand"], full, len(task.splits.train_x), trainer_epoch_costs(last["result"]))
 
 
 def report(results: list[CaseResult], args: argparse.Namespace, threads: int) -> str:
@@ -381,10 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{case.name}: {case.data_note}", flush=True)
         results.append(measure(case, args.rounds))
     text = report(results, args, torch.get_num_threads())
-    print("\n" + text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print(f"\nwritten to BENCHMARKS.md ({SECTION})")
+    publish(SECTION, text, write=not args.no_write)
 
 
 if __name__ == "__main__":
