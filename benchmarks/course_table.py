@@ -154,10 +154,10 @@ def command(row: Row) -> str:
     return f"`.venv/bin/python benchmarks/course_table.py --only {row.key}`"
 
 
-def table(rows: list[Row]) -> tuple[str, list[str]]:
+def table(rows: list[Row], runs: dict[str, dict[str, Any] | None]) -> tuple[str, list[str]]:
     lines, missing = [], []
     for row in rows:
-        metrics = finished(RUNS / row.key)
+        metrics = runs[row.key]
         if metrics is None:
             missing.append(row.key)
             continue
@@ -185,7 +185,7 @@ def _save(fig, ax, name: str) -> Path:
     return path
 
 
-def plot(rows: list[Row]) -> list[str]:
+def plot(rows: list[Row], metrics_of: dict[str, dict[str, Any] | None]) -> list[str]:
     """Accuracy vs cumulative training time (classifiers), perplexity per epoch (language models); PNG paths."""
     import matplotlib
 
@@ -193,7 +193,7 @@ def plot(rows: list[Row]) -> list[str]:
     import matplotlib.pyplot as plt
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    runs = [(row, m) for row in rows if (m := finished(RUNS / row.key)) is not None]
+    runs = [(row, m) for row in rows if (m := metrics_of[row.key]) is not None]
     written = []
     classifiers = [(row, m) for row, m in runs if m["primary"] == "accuracy"]
     if classifiers:
@@ -222,8 +222,9 @@ def plot(rows: list[Row]) -> list[str]:
 
 
 def write_outputs(rows: list[Row]) -> None:
-    body, missing = table(rows)
-    figures = plot(rows)
+    runs = {row.key: finished(RUNS / row.key) for row in rows}  # each run's metrics.json read once
+    body, missing = table(rows, runs)
+    figures = plot(rows, runs)
     images = "\n\n".join(f"![{Path(p).stem}]({p})" for p in figures)
     note = (f"Not yet run: {', '.join(missing)} (`benchmarks/course_table.py --only NAME`).\n\n" if missing else "")
     text = (f"Written by `.venv/bin/python benchmarks/course_table.py` on {now()} ({load_note()}). Training time is "

@@ -36,12 +36,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python benchmarks/serve_load.py` from anywhere
+from benchmarks.common import write_section  # noqa: E402
 from models.hardware import cpu_model  # noqa: E402
 from service.config import DEFAULT_PATH, Batching, load_config  # noqa: E402
 
 SHIPPED = load_config(DEFAULT_PATH)  # defaults: what service/serving.yaml ships
 BATCHING = SHIPPED.endpoints["classify"].batching or Batching(max_batch_size=32)
-BEGIN, END = "<!-- serve_load:begin -->", "<!-- serve_load:end -->"
+SECTION = "serve_load"  # in BENCHMARKS.md
 
 
 @dataclass
@@ -236,17 +237,6 @@ def plot_latency(levels: list[Level], path: Path) -> None:
     plt.close(fig)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the serve_load markers (append the section when absent)."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(new)
-
-
 async def main(args: argparse.Namespace) -> None:
     load_at_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="serve_load-"))
@@ -320,8 +310,8 @@ async def main(args: argparse.Namespace) -> None:
     if not args.no_write:
         plot_latency(levels, ROOT / "benchmarks" / "figures" / "serve_latency.png")
         text += "\n\n![latency and throughput vs concurrency](benchmarks/figures/serve_latency.png)"
-        write_section(ROOT / "BENCHMARKS.md", text)
-        print(f"\nwritten to {ROOT / 'BENCHMARKS.md'}")
+        write_section(SECTION, text)
+        print(f"\nwritten to BENCHMARKS.md ({SECTION})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

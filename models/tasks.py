@@ -137,14 +137,19 @@ class _ImageMixin:
         return self._uint8_resized(x).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
 
 
+def class_counts(labels: torch.Tensor, classes: int, ignore: int | None) -> torch.Tensor:
+    """How many labels (or mask pixels) of each class, ignored ones left out: int64 (K,)."""
+    valid = labels[labels != ignore] if ignore is not None else labels.flatten()
+    return torch.bincount(valid.flatten(), minlength=classes)[:classes]
+
+
 def class_weights(labels: torch.Tensor, classes: int, ignore: int | None, mode: str, device) -> torch.Tensor | None:
     """Per-class loss weights (K,) from the training labels: median frequency / frequency ("median_frequency",
     Eigen & Fergus 2015, as SegNet trains CamVid), so a class with a tenth of the median's pixels weighs 10×.
     A class absent from the training labels gets weight 0: no target ever asks for it."""
     if mode == "none":
         return None
-    valid = labels[labels != ignore] if ignore is not None else labels.flatten()
-    counts = torch.bincount(valid.flatten(), minlength=classes)[:classes].double()  # (K,)
+    counts = class_counts(labels, classes, ignore).double()  # (K,)
     frequency = counts / counts.sum()
     present = counts > 0
     weights = torch.zeros(classes, dtype=torch.float64)
@@ -214,6 +219,8 @@ class Segmentation(_ImageMixin, Task):
                      "ignore_index": self.ignore}
         self.weights = class_weights(self.splits.train_y, self.classes, self.ignore, self.spec.train.class_weights,
                                      self.device)
+        # the majority-class baseline predicts the most frequent training class everywhere; counted once, not per epoch
+        self.majority = int(class_counts(self.splits.train_y, self.classes, self.ignore).argmax())
 
     def step(self, net, batch, state=None, generator=None) -> StepResult:
         x, mask = self._pixels(batch[0], batch[1], train=True)
@@ -231,8 +238,7 @@ class Segmentation(_ImageMixin, Task):
     def _scores(self, pred: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         kwargs = dict(task="multiclass", num_classes=self.classes, ignore_index=self.ignore)
         iou = TMF.jaccard_index(pred, mask, average="none", **kwargs)  # (K,)
-        present = torch.bincount(mask[mask != (self.ignore if self.ignore is not None else -1)].flatten(),
-                                 minlength=self.classes)[: self.classes] > 0
+        present = class_counts(mask, self.classes, self.ignore) > 0
         return {"pixel_accuracy": float(TMF.accuracy(pred, mask, average="micro", **kwargs)),
                 "mean_iou": float(iou[present].mean()), "iou": [round(float(v), 4) for v in iou]}
 
@@ -246,11 +252,7 @@ class Segmentation(_ImageMixin, Task):
             masks.append(mask.cpu())
         pred, mask = torch.cat(preds), torch.cat(masks)  # (N, H, W)
         result = self._scores(pred, mask)
-        # the majority-class baseline: predict the most frequent training class everywhere
-        train_mask = self.splits.train_y
-        counts = torch.bincount(train_mask[train_mask != (self.ignore if self.ignore is not None else -1)].flatten(),
-                                minlength=self.classes)
-        baseline = self._scores(torch.full_like(mask, int(counts.argmax())), mask)
+        baseline = self._scores(torch.full_like(mask, self.majority), mask)
         result["baseline_pixel_accuracy"] = baseline["pixel_accuracy"]
         result["baseline_mean_iou"] = baseline["mean_iou"]
         return result
