@@ -75,6 +75,8 @@ CASES = [
      "5:5", "network[0].linear", "start the network with one_hot or embedding"),
     ("rnn on a flat vector", "name: t\ntask: sequence\ninput: {window: 4}\nnetwork:\n  - gru: {hidden: 8}\n  - linear: {out: 1}\n",
      "5:5", "network[0].gru", "expects input (channels, length) or (steps, features) per sample, got (4,)"),
+    ("absurd activation size", HEAD + "network:\n  - conv2d: {out: 64, kernel: 3, padding: 1}\n  - upsample: {scale: 1000}\n"
+     "  - flatten\n  - linear: {out: 10}\n", "6:5", "network[1].upsample", "values per sample (limit 2,147,483,648)"),
     ("absurd layer size", "name: t\ntask: regression\ninput: {features: 1000000}\nnetwork:\n  - linear: {out: 1000000}\n  - linear: {out: 1}\n",
      "5:5", "network[0].linear", "past the limit of 2,000,000,000"),
     ("unknown initializer", HEAD + "network: [flatten, linear: {out: 10}]\ninit: xavier\n", "5:7", "init", "xavier_uniform?"),
