@@ -50,7 +50,7 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
 def load_spec_variant(name: str, overrides: Mapping[str, Any] | None = None):
     """specs/<name> with `overrides` merged into its YAML (e.g. a smaller input size), loaded and validated like
     any spec; backbone paths still resolve against specs/."""
-    from models.spec import load_spec_text
+    from models.spec.load import load_spec_text
 
     path = SPECS / name
     data = _merge(yaml.safe_load(path.read_text()), overrides or {})
@@ -126,7 +126,7 @@ def fmt(value: float, digits: int = 2) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- BENCHMARKS.md
-from models.hardware import cpu_model  # noqa: E402  (re-exported: the benchmark scripts import it from here)
+from models.train.hardware import cpu_model  # noqa: E402  (re-exported: the benchmark scripts import it from here)
 
 
 def cpu_flags() -> str:

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/course_table.py --table-only     # no training: the table from the runs present
     .venv/bin/python benchmarks/course_table.py --fresh          # retrain even rows that have a finished run
 
-Each row is a spec from specs/ trained by the product's own trainer (`models.train.train`, what `specserve train`
+Each row is a spec from specs/ trained by the product's own trainer (`models.train.loop.train`, what `specserve train`
 runs); rows marked "reduced" override a few values of the spec (input size, number of training images, epochs,
 optimizer) so that the big networks train on a 2-core CPU in minutes instead of GPU-hours. The overrides are printed
 in the table next to the spec, so every figure can be reproduced with the command above.
@@ -101,7 +101,7 @@ def finished(run: Path) -> dict[str, Any] | None:
 
 
 def train_row(row: Row, data_root: Path | None) -> None:
-    from models.train import TrainOptions, train
+    from models.train.loop import TrainOptions, train
 
     run = RUNS / row.key
     if run.exists():

@@ -4,19 +4,19 @@
     .venv/bin/python benchmarks/inference.py lenet char_gru --rounds 3 --no-write
     .venv/bin/python benchmarks/inference.py --run runs/lenet     # int8 accuracy of an existing trained run
 
-Models (random weights from `models.builder.build`, seed 0 — speed does not depend on the weights): LeNet
+Models (random weights from `models.build.build`, seed 0 — speed does not depend on the weights): LeNet
 (1×28×28), ResNet-18 (1×96×96), the FCN (specs/fcn.yaml with input.size reduced to 64×96, 3 channels) and the
 char GRU (specs/char_gru.yaml, step form: tokens (B, 35) + state in, logits + state out).
 
 For each model, in one process, with the same intra-op thread count for torch and onnxruntime (--threads,
 default 1; inter-op 1):
-  * torch eager: the module the exported graph computes (`models.export.graph_module`: uint8 NHWC pixels →
+  * torch eager: the module the exported graph computes (`models.export.onnx_graph.graph_module`: uint8 NHWC pixels →
     normalize → net, or the GRU's step form) under torch.inference_mode;
-  * product: `models.export.export_net` (the exporter it picks, the card, BASIC offline optimization) run by
-    `models.runtime.make_session`;
+  * product: `models.export.onnx_graph.export_net` (the exporter it picks, the card, BASIC offline optimization) run by
+    `models.artifact.runtime.make_session`;
   * hand: the same module through one plain `torch.onnx.export(..., dynamo=True)` with a dynamic batch axis,
     run by the same kind of session;
-  * int8: `models.quantize.quantize` of the product file (static QDQ for CNNs, dynamic MatMul/Gemm for the GRU).
+  * int8: `models.export.quantize.quantize` of the product file (static QDQ for CNNs, dynamic MatMul/Gemm for the GRU).
 The candidates are timed interleaved (round-robin, order reversed every other round); each measurement is
 the median of ≥ 0.25 s of back-to-back calls on the same input, and the table gives the median over rounds.
 
@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import (command_line, fashion_mnist_root, fmt, interleave, load_note, load_spec_variant,  # noqa: E402
                                md_table, median, now, seconds_per_call, publish, set_threads)
-from models.builder import build  # noqa: E402
-from models.card import ModelCard, TokenInput  # noqa: E402
+from models.build import build  # noqa: E402
+from models.artifact.card import ModelCard, TokenInput  # noqa: E402
 from models.data import Vocab, resize_batch  # noqa: E402
-from models.export import ExportResult, TokenStep, export_net, graph_feeds, graph_module  # noqa: E402
+from models.export.onnx_graph import ExportResult, TokenStep, export_net, graph_feeds, graph_module  # noqa: E402
 from models.pipeline import make_card  # noqa: E402
-from models.quantize import QuantReport, quantize  # noqa: E402
-from models.runtime import make_session, runtime_ops  # noqa: E402
-from models.spec import Spec  # noqa: E402
+from models.export.quantize import QuantReport, quantize  # noqa: E402
+from models.artifact.runtime import make_session, runtime_ops  # noqa: E402
+from models.spec.schema import Spec  # noqa: E402
 
 SECTION = "inference"
 BATCHES = (1, 64)
@@ -213,11 +213,11 @@ class Accuracy:
 
 def trained_accuracy(run_dir: Path | None, threads: int, eval_samples: int) -> Accuracy:
     """fp32 vs int8 on held-out images of a trained CNN: `run_dir`, or a LeNet/digits model trained here."""
-    from models.checkpoint import load_checkpoint
-    from models.datasource import open_dataset
-    from models.runs import Run
-    from models.tasks import make_task
-    from models.train import TrainOptions, train
+    from models.train.checkpoint import load_checkpoint
+    from models.train.data_source import open_dataset
+    from models.train.runs import Run
+    from models.train.tasks import make_task
+    from models.train.loop import TrainOptions, train
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         if run_dir is not None:
@@ -232,7 +232,7 @@ def trained_accuracy(run_dir: Path | None, threads: int, eval_samples: int) -> A
             root = fashion_mnist_root()
             spec, epochs = ((load_spec_variant("lenet.yaml"), 2) if root is not None
                             else (load_spec_variant("digits_cnn.yaml"), 15))
-            result = train(spec, TrainOptions(out=Path(tmp) / "run", epochs=epochs, device="cpu", quiet=True,
+            result = train(spec.with_train(epochs=epochs), TrainOptions(out=Path(tmp) / "run", device="cpu", quiet=True,
                                               data_root=root))
             net, task = result.net, result.task
             source = (f"{spec.name} trained here for {epochs} epochs on "
@@ -276,8 +276,8 @@ def report(timings: list[Timing], accuracy: Accuracy | None, args: argparse.Name
         md_table(["model", "input", "batch", "torch eager ms", "ort product ms", "ort hand ms", "ort int8 ms",
                   "ort vs torch", "product/hand speed (goal ≥ 0.95)", "int8 speed-up"], rows, align="llrrrrrrrr"), "",
         "Speed ratios are medians of per-round ratios (>1 = the first named is faster). product = "
-        "`models.export.export_net` (exporter chosen by it, card metadata, BASIC offline optimization); hand = one "
-        "`torch.onnx.export(graph_module, dynamo=True)` with a dynamic batch axis; int8 = `models.quantize.quantize` "
+        "`models.export.onnx_graph.export_net` (exporter chosen by it, card metadata, BASIC offline optimization); hand = one "
+        "`torch.onnx.export(graph_module, dynamo=True)` with a dynamic batch axis; int8 = `models.export.quantize.quantize` "
         "of the product file.", "",
         md_table(["model", "product exporter", "rejected exporters", "product KiB", "hand KiB", "int8 KiB",
                   "product and hand run the same ops", "int8 method",

@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python benchmarks/serve_load.py` from anywhere
 from benchmarks.common import write_section  # noqa: E402
-from models.hardware import cpu_model  # noqa: E402
+from models.train.hardware import cpu_model  # noqa: E402
 from service.config import DEFAULT_PATH, Batching, load_config  # noqa: E402
 
 SHIPPED = load_config(DEFAULT_PATH)  # defaults: what service/serving.yaml ships
@@ -88,12 +88,12 @@ def build_model(home: Path, spec_file: str = "digits_cnn.yaml") -> str:
     """Store specs/<spec_file> (an image model) with initial weights in `home`; returns the tag."""
     import torch
 
-    from models.builder import build
-    from models.card import ImageInput, ModelCard
-    from models.export import export_net
-    from models.parity import check_parity
-    from models.spec import load_spec
-    from models.store import save_to_store
+    from models.build import build
+    from models.artifact.card import ImageInput, ModelCard
+    from models.export.onnx_graph import export_net
+    from models.export.parity import check_parity
+    from models.spec.load import load_spec
+    from models.artifact.store import save_to_store
 
     spec = load_spec(ROOT / "specs" / spec_file)
     net = build(spec, seed=0).eval()

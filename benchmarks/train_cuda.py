@@ -7,7 +7,7 @@
 
 On a machine without CUDA it prints why and exits 0 (unless --device cpu asks for the smoke test).
 
-Each configuration is a real `models.train.train` run (TrainOptions.precision, TrainOptions.compile, and the
+Each configuration is a real `models.train.loop.train` run (spec.train.precision via Spec.with_train, TrainOptions.compile, and the
 spec's train.channels_last) of --epochs epochs capped at --steps optimizer steps; the figure is the trainer's
 own hot-loop samples/s (metrics.json `samples_per_s`) of the epochs after the first, whose time includes
 torch.compile's compilation and cuDNN's first calls and is reported separately. Configurations are run
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import (command_line, fashion_mnist_root, fmt, load_note, load_spec_variant, md_table,  # noqa: E402
                                median, now, write_section)
 from models.data.base import ImageSplits, SeededArgs, register  # noqa: E402
-from models.train import TrainOptions, train  # noqa: E402
+from models.train.loop import TrainOptions, train  # noqa: E402
 
 SECTION = "train_cuda"
 MODELS = {"lenet": "lenet.yaml", "resnet18": "resnet18.yaml"}
@@ -60,7 +60,7 @@ class SyntheticArgs(SeededArgs):
     test_count: int = 2_000  # evaluation is not timed; a smaller test set only shortens the run
 
 
-@register("bench_synthetic_images", task="classification", args=SyntheticArgs)
+@register("bench_synthetic_images", task="classification", input="image", args=SyntheticArgs)
 def synthetic_images(args: SyntheticArgs, seed: int) -> ImageSplits:
     """Fashion-MNIST-shaped random images (uint8 (N, 1, 28, 28)) and labels, for machines without the files."""
     g = torch.Generator().manual_seed(seed)
@@ -99,8 +99,9 @@ def run_once(model: str, config: Config, args: argparse.Namespace) -> tuple[floa
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="bench-cuda-") as tmp:
-        result = train(spec, TrainOptions(out=Path(tmp) / "run", epochs=args.epochs, device=args.device, quiet=True,
-                                          max_steps=args.steps, precision=config.precision, compile=config.compile,
+        result = train(spec.with_train(epochs=args.epochs, precision=config.precision),
+                       TrainOptions(out=Path(tmp) / "run", device=args.device, quiet=True,
+                                          max_steps=args.steps, compile=config.compile,
                                           data_root=data_root(args)))
     history = result.history
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/train_throughput.py digits_cnn --rounds 2 --epochs 3 --no-write
     .venv/bin/python benchmarks/train_throughput.py --profile lenet # cProfile of one trainer run, top functions
 
-Both sides get the network from `models.builder.build` (same spec, same seed), the same uint8 tensors (the
+Both sides get the network from `models.build.build` (same spec, same seed), the same uint8 tensors (the
 dataset the spec names, loaded once by models.data), the same batch size and the same optimizer class and
 hyper-parameters. The hand-written loop is the plain one:
 
@@ -50,15 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import (command_line, fashion_mnist_root, fmt, interleave, load_note, load_spec_variant,  # noqa: E402
                                md_table, median, now, seconds_per_call, publish, set_threads)
-from models.builder import build  # noqa: E402
-from models.checkpoint import save_checkpoint  # noqa: E402
+from models.build import build  # noqa: E402
+from models.train.checkpoint import save_checkpoint  # noqa: E402
 from models.data import normalize, resize_batch  # noqa: E402
-from models.datasource import open_dataset  # noqa: E402
-from models.plots import plot_curves  # noqa: E402
-from models.runs import Run  # noqa: E402
-from models.spec import Spec  # noqa: E402
-import models.train  # noqa: E402
-from models.train import TrainOptions, train  # noqa: E402
+from models.train.data_source import open_dataset  # noqa: E402
+from models.train.plots import plot_curves  # noqa: E402
+from models.train.runs import Run  # noqa: E402
+from models.spec.schema import Spec  # noqa: E402
+import models.train.loop  # noqa: E402
+from models.train.loop import TrainOptions, train  # noqa: E402
 
 SECTION = "train_throughput"
 
@@ -108,13 +108,13 @@ class StepClock:
 @contextmanager
 def clocked_trainer(clock: StepClock) -> Iterator[None]:
     """While active, the trainer's network gets `clock`'s hook. The trainer offers no per-step callback, so the
-    name it builds with (models.train.build) is wrapped for the run and restored after."""
-    original = models.train.build
-    models.train.build = lambda *args, **kwargs: clock.attach(original(*args, **kwargs))
+    name it builds with (models.train.loop.build) is wrapped for the run and restored after."""
+    original = models.train.loop.build
+    models.train.loop.build = lambda *args, **kwargs: clock.attach(original(*args, **kwargs))
     try:
         yield
     finally:
-        models.train.build = original
+        models.train.loop.build = original
 
 
 def lenet_case(steps: int, epochs: int | None) -> Case:
@@ -141,7 +141,7 @@ def run_trainer(case: Case) -> tuple[Measured, Any]:
     marks: list[float] = []
     clock = StepClock()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, clocked_trainer(clock):
-        result = train(case.spec, TrainOptions(out=Path(tmp) / "run", epochs=case.epochs, device="cpu", quiet=True,
+        result = train(case.spec.with_train(epochs=case.epochs), TrainOptions(out=Path(tmp) / "run", device="cpu", quiet=True,
                                                max_steps=case.steps, data_root=case.data_root,
                                                on_epoch=lambda _: marks.append(time.perf_counter())))
         history = result.history
@@ -313,7 +313,7 @@ def report(results: list[CaseResult], args: argparse.Namespace, threads: int) ->
         f"`{command_line('train_throughput.py')}` — {now()}, {load_note()}. CPU, torch {threads} intra-op "
         f"thread(s), fp32; {args.rounds} interleaved rounds per model, each one run per side of "
         f"{', '.join(f'{r.case.epochs} epochs ({r.case.name})' for r in results)}, epoch 1 of every run dropped as "
-        f"warm-up. Same network (models.builder.build, same seed), same uint8 tensors, batch size and optimizer "
+        f"warm-up. Same network (models.build.build, same seed), same uint8 tensors, batch size and optimizer "
         f"({optim}). Ratios are trainer speed / hand speed, median of per-round ratios; goal ≥ 0.95.", "",
         "Hot loop (optimizer steps only):", "",
         md_table(["model", "data", "batch", "steps/epoch timed", "trainer samples/s (median epoch)",
@@ -343,7 +343,7 @@ def profile(case: Case, top: int) -> None:
 
     started: list[bool] = []
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        train(case.spec, TrainOptions(out=Path(tmp) / "run", epochs=case.epochs, device="cpu", quiet=True,
+        train(case.spec.with_train(epochs=case.epochs), TrainOptions(out=Path(tmp) / "run", device="cpu", quiet=True,
                                       max_steps=case.steps, data_root=case.data_root, on_epoch=start))
         profiler.disable()
     stats = pstats.Stats(profiler).strip_dirs()

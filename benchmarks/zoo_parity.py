@@ -18,12 +18,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import command_line, load_note, md_table, now, set_threads, write_section  # noqa: E402
-from models.builder import build, infer  # noqa: E402
+from models.build import build, infer  # noqa: E402
 from models.data import load_dataset, resize_batch  # noqa: E402
-from models.export import export_net  # noqa: E402
-from models.parity import check_parity  # noqa: E402
+from models.export.onnx_graph import export_net  # noqa: E402
+from models.export.parity import check_parity  # noqa: E402
 from models.pipeline import make_card  # noqa: E402
-from models.spec import load_spec  # noqa: E402
+from models.spec.load import load_spec  # noqa: E402
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 COURSE_VOCAB = ["<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"]

@@ -1,4 +1,9 @@
-"""The one error type a spec can produce, with file:line:column and the dotted path of every problem."""
+"""The error root of specserve, and the one error type a spec can produce (file:line:column and dotted path).
+
+Every error a user can cause (a bad spec, data file, run directory, checkpoint, export, stored model or serving
+config) derives from SpecserveError, so the CLI prints it as one line and exits 2 (1 for a spec), while anything
+else is a bug and keeps its traceback. Torch-free: the serving side imports this module too.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +30,12 @@ class Problem:
         return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class SpecError(Exception):
+class SpecserveError(Exception):
+    """Base of every error caused by input (specs, data, runs, stored models, configs): its message is for the user,
+    one line that says what was wrong and where."""
+
+
+class SpecError(SpecserveError):
     """Everything wrong with a spec; str() is one line per problem, ready to print."""
 
     def __init__(self, problems: list[Problem]):

@@ -12,18 +12,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .builder import build, infer
-from .card import FeatureInput, ImageInput, ModelCard, SeriesInput, TokenInput
-from .checkpoint import atomic_write_text, load_checkpoint
-from .datasource import open_dataset
-from .export import ExportResult, export_net
-from .parity import ParityReport, check_parity
-from .quantize import QuantRefused, QuantReport, quantize
-from .runs import Run
-from .spec import Spec, load_spec
-from .store import INT8_FILE, ONNX_FILE, save_to_store
-from .tasks import make_task
-from .train import TrainOptions, TrainResult, train
+from models.build import build, infer
+from models.artifact.card import FeatureInput, ImageInput, ModelCard, SeriesInput, TokenInput
+from models.train.checkpoint import atomic_write_text, load_checkpoint
+from models.train.data_source import open_dataset
+from models.export.onnx_graph import ExportResult, export_net
+from models.export.parity import ParityReport, check_parity
+from models.export.quantize import QuantRefused, QuantReport, quantize
+from models.train.runs import Run
+from models.spec.schema import Spec
+from models.spec.load import load_spec
+from models.spec.overrides import with_train_overrides
+from models.artifact.store import INT8_FILE, ONNX_FILE, save_to_store
+from models.train.tasks import make_task
+from models.train.loop import TrainOptions, TrainResult, train
 
 
 @dataclass
@@ -125,9 +127,10 @@ class LineResult:
         return "\n".join(lines)
 
 
-def run_line(spec_path: Path | str, options: TrainOptions, *, quiet: bool = False) -> LineResult:
-    """validate → train → export → verify → store."""
-    spec = load_spec(spec_path)
+def run_line(spec_path: Path | str, options: TrainOptions, *, train_overrides: dict[str, Any] | None = None,
+             quiet: bool = False) -> LineResult:
+    """validate → train → export → verify → store; `train_overrides` replace fields of the spec's train section."""
+    spec = with_train_overrides(load_spec(spec_path), train_overrides or {})
     infer(spec)
     trained = train(spec, options)
     exported = export_run(trained.run.path, data_root=options.data_root, quiet=quiet)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
+from models.errors import SpecserveError
 
 T = TypeVar("T")
 
 
-class UnknownName(LookupError):
+class UnknownName(SpecserveError, LookupError):
     """Raised for a name no entry was registered under; the message suggests close names."""
 
     def __init__(self, kind: str, name: str, known: list[str]):
@@ -24,15 +25,27 @@ class UnknownName(LookupError):
 @dataclass
 class Entry(Generic[T]):
     name: str
-    obj: T
+    obj: T  # a typed description (LayerType, DatasetType, ...): what the table needs is a field, not a dict key
     origin: str
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _origin(obj: Any) -> str:
     module = getattr(obj, "__module__", "?")
     qualname = getattr(obj, "__qualname__", repr(obj))
     return f"{module}.{qualname}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Op(Generic[F]):
+    """A registered operation that takes options (augmentations, initializers): its options model (a pydantic
+    class) and the function that applies it."""
+
+    name: str
+    args: type
+    apply: F
 
 
 class Registry(Generic[T]):
@@ -42,18 +55,12 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str | None = None, **meta: Any) -> Callable[[T], T]:
-        def decorator(obj: T) -> T:
-            self.add(name or getattr(obj, "__name__"), obj, **meta)
-            return obj
-
-        return decorator
-
-    def add(self, name: str, obj: T, **meta: Any) -> None:
+    def add(self, name: str, obj: T, origin: Any = None) -> None:
+        """Register `obj` under `name`; `origin` (the function or class that defines it) names it in messages."""
+        where = _origin(origin if origin is not None else obj)
         if name in self._entries:
-            first = self._entries[name].origin
-            raise ValueError(f"{self.kind} '{name}' registered twice: by {first} and by {_origin(obj)}")
-        self._entries[name] = Entry(name, obj, _origin(obj), meta)
+            raise ValueError(f"{self.kind} '{name}' registered twice: by {self._entries[name].origin} and by {where}")
+        self._entries[name] = Entry(name, obj, where)
 
     def entry(self, name: str) -> Entry[T]:
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic_core import PydanticUndefined
 
-from models.layers import LAYERS
+from models.layers.builtin import LAYERS
 
 
 def _args(model) -> str:

@@ -12,14 +12,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from models.errors import SpecserveError
 
 ENV_VAR = "SPECSERVE_CONFIG"
 DEFAULT_PATH = Path(__file__).with_name("serving.yaml")
 
-Endpoint = Literal["classify", "segment", "forecast", "generate"]
+Endpoint = Literal["classify", "segment", "forecast", "generate", "predict"]  # = models.task_table.ENDPOINTS (a test)
 
 
-class ConfigError(ValueError):
+class ConfigError(SpecserveError, ValueError):
     """The serving config cannot be read or is invalid; the message names the file and the field."""
 
 
@@ -83,6 +84,7 @@ class Limits(_Strict):
     max_forecast_steps: int = Field(default=1_000, ge=1)
     max_prefix_length: int = Field(default=10_000, ge=1)
     max_generation_length: int = Field(default=2_000, ge=1)
+    max_feature_rows: int = Field(default=1_024, ge=1, description="feature vectors per predict request")
 
 
 class ServingConfig(_Strict):

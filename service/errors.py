@@ -13,6 +13,7 @@ import inspect
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
+from models.errors import SpecserveError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -20,7 +21,7 @@ R = TypeVar("R")
 BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNSUPPORTED, UNPROCESSABLE = 400, 404, 413, 415, 422
 
 
-class RequestError(Exception):
+class RequestError(SpecserveError):
     """What was wrong with a request, and the HTTP status that says so."""
 
     def __init__(self, status: int, message: str):

@@ -1,7 +1,7 @@
 """Character generation with a token model's step graph: the prefix is fed once, then one token per call with the
 recurrent state carried over, so n characters cost n small calls (not n calls over a growing text).
 
-Sampling is models.sampling's (shared with `specserve generate`): numpy with a seeded generator, so a (prefix, seed,
+Sampling is models.artifact.sampling's (shared with `specserve generate`): numpy with a seeded generator, so a (prefix, seed,
 parameters) request always gives the same text; temperature 0 is greedy. Only single-character tokens are ever
 produced: a multi-character token such as "<unk>" cannot be typed in a prefix either, and is not text.
 """
@@ -11,8 +11,8 @@ import secrets
 
 import numpy as np
 
-from models.card import TokenInput
-from models.sampling import sample_next
+from models.artifact.card import TokenInput
+from models.artifact.sampling import sample_next
 from service.errors import UNPROCESSABLE, RequestError
 from service.served import ServedModel
 

@@ -40,6 +40,11 @@ class ForecastResult(BaseModel):
     forecast: list[float] = Field(description="the next k values, each predicted from the previous predictions")
 
 
+class PredictResult(BaseModel):
+    model: str
+    outputs: list[list[float]] = Field(description="one row of the model's outputs per feature vector, in order")
+
+
 class GenerateResult(BaseModel):
     model: str
     prefix: str

@@ -1,14 +1,15 @@
 """Forecasting with a window model: raw values → model units → k steps, each prediction fed back → raw values.
 
 The graph takes a window of values *scaled as in training*; the card records that scaling with its kind
-(models.card.Scaling, validated when the card is read), and its `model_dump()` is the very dict
-models.data.forecast understands, so serving scales, steps and unscales with the code training used.
+(models.artifact.card.Scaling, validated when the card is read), and its `model_dump()` is the very dict
+models.artifact.scaling understands, so serving scales, steps and unscales with the code training used.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from models.card import SeriesInput
+from models.artifact.card import SeriesInput
+from models.artifact.scaling import k_step_forecast, scale, unscale
 from service.errors import UNPROCESSABLE, RequestError
 from service.served import ServedModel
 
@@ -22,10 +23,6 @@ def window_of(model: ServedModel) -> SeriesInput:
 def forecast(model: ServedModel, values: list[float], steps: int) -> list[float]:
     """The next `steps` values after `values` (raw units); 422 when the series is too short or its values
     leave float32 range once scaled (the graph computes in float32)."""
-    # Imported here: the models.data package imports torch (~180 MB, ~2 s per process), which only processes
-    # that serve a forecaster should pay for.
-    from models.data.forecast import k_step_forecast, scale, unscale
-
     spec = window_of(model)
     if len(values) < spec.window:
         raise RequestError(UNPROCESSABLE, f"the series has {len(values)} values; {model.name} needs at least its "

@@ -1,6 +1,6 @@
 """The models being served: each stored model loaded once, verified, opened in onnxruntime and warmed up.
 
-Loading goes through bentoml.models.get (the bento's own store inside a built bento) and models.store.verify_stored,
+Loading goes through bentoml.models.get (the bento's own store inside a built bento) and models.artifact.store.verify_stored,
 which re-checks digests, the card against the graph and the parity proof, so a tampered store entry stops the
 server at start-up instead of answering wrongly. Warm-up runs every session once on an input of its real shape: onnxruntime allocates and picks kernels on the first call,
 which would otherwise land on the first user's request.
@@ -14,20 +14,20 @@ import bentoml
 import numpy as np
 import onnxruntime as ort
 
-from models.card import ImageInput, ModelCard, SeriesInput, TokenInput
-from models.runtime import make_session
-from models.store import StoredModel, model_store, verify_stored
+from models.task_table import for_endpoint
+from models.artifact.card import ImageInput, ModelCard, SeriesInput, TokenInput
+from models.artifact.runtime import make_session
+from models.artifact.store import StoredModel, model_store, verify_stored
 from service.config import EndpointConfig, ModelRef
 from service.errors import NOT_FOUND, RequestError
 from service.schemas import EndpointInfo, ModelInfo
+from models.errors import SpecserveError
 
 T = TypeVar("T")
 
-ENDPOINT_TASKS = {"classify": ("classification", "image"), "segment": ("segmentation", "image"),
-                  "forecast": ("sequence", "series"), "generate": ("sequence", "tokens")}
 
 
-class ServingError(RuntimeError):
+class ServingError(SpecserveError, RuntimeError):
     """A configured model cannot be served (missing, damaged, or of the wrong task for its endpoint)."""
 
 
@@ -111,7 +111,8 @@ def load_model(ref: ModelRef, endpoint: str, threads: int) -> ServedModel:
         stored = verify_stored(_find(ref.tag))
     except Exception as e:  # StoreError, or bentoml's own errors on a damaged store
         raise ServingError(f"{endpoint}: cannot load model {ref.tag}: {e}") from None
-    task, kind = ENDPOINT_TASKS[endpoint]
+    wanted = for_endpoint(endpoint)
+    task, kind = wanted.task, wanted.input
     if (stored.card.task, stored.card.input.kind) != (task, kind):
         raise ServingError(f"{endpoint} serves {task} models with {kind} input; {stored.tag} is a "
                            f"{stored.card.task} model with {stored.card.input.kind} input")

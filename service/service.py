@@ -1,4 +1,5 @@
-"""specserve's HTTP service: stored ONNX models behind classify / segment / forecast / generate / models, and /demo.
+"""specserve's HTTP service: stored ONNX models behind one endpoint per row of models/task_table.py (classify,
+segment, generate, forecast, predict), /models, and /demo.
 
 Which models serve which endpoint, the default of each, process/thread counts and request limits come from the
 serving config (service/config.py); request limits also appear in the parameters' schemas in /docs.json.
@@ -11,10 +12,11 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
-from service import demo, generation, series, vision
+from models.task_table import ENDPOINTS
+from service import demo, generation, regression, series, vision
 from service.config import load_config
 from service.errors import answers_errors
-from service.schemas import ClassifyResult, ForecastResult, GenerateResult, ModelsResult, SegmentResult
+from service.schemas import ClassifyResult, ForecastResult, GenerateResult, ModelsResult, PredictResult, SegmentResult
 from service.served import declare_models, load_endpoint
 from service.uploads import UploadGuard
 
@@ -31,7 +33,7 @@ class SpecServe:
     def __init__(self) -> None:
         threads = CONFIG.ort_threads()  # every model is loaded, verified and warmed up before /readyz answers
         self.endpoints = {name: load_endpoint(name, CONFIG.endpoints.get(name), threads)
-                          for name in ("classify", "segment", "forecast", "generate")}
+                          for name in ENDPOINTS}
         batching = CONFIG.endpoints["classify"].batching if "classify" in CONFIG.endpoints else None
         self.classifiers = vision.classifiers(self.endpoints["classify"], batching, LIMITS.max_image_pixels)
 
@@ -66,6 +68,15 @@ class SpecServe:
 
     @bentoml.api
     @answers_errors
+    def predict(self, features: Annotated[list[Annotated[list[Finite], Field(min_length=1)]],
+                                          Field(min_length=1, max_length=LIMITS.max_feature_rows)],
+                model: ModelName = None) -> PredictResult:
+        """A regression model's outputs for each feature vector."""
+        served = self.endpoints["predict"].pick(model)
+        return PredictResult(model=served.tag, outputs=regression.predict(served, features))
+
+    @bentoml.api
+    @answers_errors
     def generate(self, prefix: Annotated[str, Field(min_length=1, max_length=LIMITS.max_prefix_length)],
                  length: Annotated[int, Field(ge=1, le=LIMITS.max_generation_length)] = 100,
                  temperature: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0,
@@ -80,9 +91,9 @@ class SpecServe:
 
     @bentoml.api
     def models(self) -> ModelsResult:
-        """What is served: per endpoint its default and each model's tag, task, input, labels or vocabulary,
-        metrics and parity proof."""
-        return ModelsResult(endpoints={name: ep.describe() for name, ep in self.endpoints.items()})
+        """What is served: per endpoint that serves a model, its default and each model's tag, task, input, labels
+        or vocabulary, metrics and parity proof."""
+        return ModelsResult(endpoints={name: ep.describe() for name, ep in self.endpoints.items() if ep.by_name})
 
 
 SpecServe.add_asgi_middleware(UploadGuard, max_bytes=LIMITS.max_upload_bytes, routes={

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.card import ImageInput
+from models.artifact.card import ImageInput
 from service.batching import Batcher
 from service.config import Batching
 from service.errors import RequestError

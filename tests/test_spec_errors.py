@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.builder import infer
+from models.build import infer
 from models.errors import SpecError
-from models.spec import load_spec, load_spec_text
+from models.spec.load import load_spec, load_spec_text
 
 HEAD = "name: t\ntask: classification\ninput: {channels: 1, size: [28, 28]}\n"  # lines 1-3
 
@@ -38,7 +38,13 @@ CASES = [
     ("two input kinds", "name: t\ntask: classification\ninput: {channels: 1, size: [8, 8], vocab: 3}\nnetwork: [flatten]\n",
      "3:8", "input", "input describes one kind of sample"),
     ("task and input disagree", "name: t\ntask: segmentation\ninput: {vocab: 28}\nnetwork: [one_hot]\n",
-     "1:1", "", "task segmentation takes image input, not tokens"),
+     "3:8", "input", "task segmentation takes image input, not tokens"),  # located at the input, not the file
+    ("classification of features is not a pair", "name: t\ntask: classification\ninput: {features: 4}\nnetwork: [linear: {out: 2}]\n",
+     "3:8", "input", "task classification takes image input, not features"),
+    ("regression of a series window is not a pair", "name: t\ntask: regression\ninput: {window: 4}\nnetwork: [linear: {out: 1}]\n",
+     "3:8", "input", "task regression takes features input, not series"),
+    ("dataset of another input kind", "name: t\ntask: sequence\ninput: {vocab: 28}\nnetwork: [one_hot, gru: {hidden: 8}, linear: {out: 28}]\ndata: {dataset: sine}\n",
+     "5:17", "data.dataset", "dataset sine gives series input, but the spec's input is tokens"),
     ("unknown layer", HEAD + "network:\n  - flatten\n  - linaer: {out: 10}\n", "6:5", "network[1].linaer", "did you mean linear"),
     ("layer is a list", HEAD + "network:\n  - [conv2d, relu]\n", "5:5", "network[0]", "a layer is a name"),
     ("two keys in a layer", HEAD + "network:\n  - conv2d: {out: 3, kernel: 3}\n    relu: {}\n", "5:5", "network[0]", "a layer is a name"),

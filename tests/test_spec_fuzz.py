@@ -21,10 +21,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.builder import MAX_PARAMETERS, infer
+from models.build import MAX_PARAMETERS, infer
 from models.errors import SpecError
-from models.layers import LAYERS
-from models.spec import load_spec_text
+from models.layers.builtin import LAYERS
+from models.spec.load import load_spec_text
 from tests.conftest import ROOT, SPECS
 
 SCALE = float(os.environ.get("SPECSERVE_FUZZ_SCALE", "1"))
@@ -191,7 +191,7 @@ def test_a_trillion_parameter_layer_is_refused_before_any_allocation():
     spec = "name: t\ntask: regression\ninput: {features: 1000000}\nnetwork:\n  - linear: {out: 1000000}\n  - linear: {out: 1}\n"
     probe = (
         "import resource, sys\n"
-        "from models.builder import infer\nfrom models.errors import SpecError\nfrom models.spec import load_spec_text\n"
+        "from models.build import infer\nfrom models.errors import SpecError\nfrom models.spec.load import load_spec_text\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"try:\n    infer(load_spec_text({spec!r}, 'huge.yaml'))\n    sys.exit('accepted')\n"
         "except SpecError as err:\n    print(err)\n"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.train.checkpoint import CheckpointError, load_checkpoint
 from models.errors import SpecError
-from models.spec import load_spec, load_spec_text
-from models.train import TrainError, TrainOptions, evaluate_run, train
+from models.spec.load import load_spec, load_spec_text
+from models.train.loop import TrainError, TrainOptions, evaluate_run, train
 from tests.conftest import ROOT
 
 TINY_DIGITS = """
@@ -119,7 +119,7 @@ def test_each_task_trains(kind, tmp_path):
 
 
 def test_median_frequency_class_weights():
-    from models.tasks import class_weights
+    from models.train.tasks import class_weights
 
     masks = torch.tensor([0] * 80 + [1] * 10 + [2] * 10 + [11] * 5)  # class 3 absent, 11 = void
     weights = class_weights(masks, 4, 11, "median_frequency", "cpu")
@@ -228,9 +228,9 @@ train: {epochs: 1, optimizer: {sgd: {lr: 0.1}}}
     assert head and result.final["accuracy"] > 0.8
 
     scaled = write_spec(tmp_path, finetune.read_text().replace("freeze: true", "lr_scale: 0.1"), "scaled.yaml")
-    from models.optim import make_optimizer
-    from models.builder import build
-    from models.train import _apply_pretrained
+    from models.train.optim import make_optimizer
+    from models.build import build
+    from models.train.loop import _apply_pretrained
 
     spec = load_spec(scaled)
     net = build(spec)
@@ -249,7 +249,7 @@ def test_missing_dataset_files_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("root", ["../outside", "/etc", "a/../../b"])
 def test_dataset_paths_cannot_leave_the_data_root(tmp_path, root):
-    from models.datasource import open_dataset
+    from models.train.data_source import open_dataset
 
     spec = load_spec_text(f"""
 name: t

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.builder import build, infer
-from models.spec import load_spec, load_spec_text
+from models.build import build, infer
+from models.spec.load import load_spec, load_spec_text
 from tests.conftest import SPECS
 
 # Parameter counts of the course's architectures at the course's input sizes (issue #2).

@@ -17,7 +17,6 @@ from models.data.base import (
     load_dataset,
 )
 from models.data.batches import tensor_batches, text_batches
-from models.data.forecast import fit_scaling, k_step_forecast, scale, unscale
 from models.data.text import Vocab
 
 # Dataset modules register themselves on import.
@@ -36,14 +35,10 @@ __all__ = [
     "TextCorpus",
     "Vocab",
     "build_augment",
-    "fit_scaling",
-    "k_step_forecast",
     "load_dataset",
     "normalize",
     "resize_batch",
-    "scale",
     "tensor_batches",
     "text_batches",
     "to_float",
-    "unscale",
 ]

@@ -14,15 +14,24 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, model_validator
+from pydantic import BaseModel, Field, NonNegativeFloat, NonNegativeInt, model_validator
 
 from models.data.base import DataArgs, Size
-from models.registry import Registry
+from models.registry import Op, Registry
 
 Mask = torch.Tensor | None
 OpFn = Callable[[Any, torch.Tensor, Mask, torch.Generator | None], tuple[torch.Tensor, Mask]]
 
-AUGMENTATIONS: Registry[OpFn] = Registry("augmentation")
+
+AUGMENTATIONS: Registry[Op[OpFn]] = Registry("augmentation")  # apply(args, x, mask, generator) -> (x, mask)
+
+
+def augmentation(name: str, args: type[BaseModel]) -> Callable[[OpFn], OpFn]:
+    def decorator(apply: OpFn) -> OpFn:
+        AUGMENTATIONS.add(name, Op(name, args, apply), origin=apply)
+        return apply
+
+    return decorator
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -99,7 +108,7 @@ class ResizeArgs(AugArgs):
     size: Size  # [H, W]
 
 
-@AUGMENTATIONS.register("resize", args=ResizeArgs)
+@augmentation("resize", ResizeArgs)
 def resize(args: ResizeArgs, x: torch.Tensor, mask: Mask, generator: torch.Generator | None):
     """Images: antialiased bilinear. Masks: nearest pixel by index selection."""
     (h, w), (H, W) = args.size, x.shape[-2:]
@@ -150,7 +159,7 @@ def _crop_boxes(args: RandomResizedCropArgs, b: int, H: int, W: int, generator, 
     return top, left, h, w
 
 
-@AUGMENTATIONS.register("random_resized_crop", args=RandomResizedCropArgs)
+@augmentation("random_resized_crop", RandomResizedCropArgs)
 def random_resized_crop(args: RandomResizedCropArgs, x: torch.Tensor, mask: Mask, generator: torch.Generator | None):
     """A random box (area share in `scale`, aspect in `ratio`) resized back to the input size.
 
@@ -187,7 +196,7 @@ def _pad_index(idx: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx).clamp(0, n - 1)
 
 
-@AUGMENTATIONS.register("random_crop", args=RandomCropArgs)
+@augmentation("random_crop", RandomCropArgs)
 def random_crop(args: RandomCropArgs, x: torch.Tensor, mask: Mask, generator: torch.Generator | None):
     """A random `size` window of the image padded by `padding` (CIFAR-style); exact integer selection."""
     B, _, H, W = x.shape
@@ -221,8 +230,8 @@ def _flip(args: FlipArgs, x: torch.Tensor, mask: Mask, generator: torch.Generato
     return x, mask
 
 
-AUGMENTATIONS.add("hflip", functools.partial(_flip, dim=-1), args=FlipArgs)  # mirror left-right with probability p
-AUGMENTATIONS.add("vflip", functools.partial(_flip, dim=-2), args=FlipArgs)  # mirror top-bottom with probability p
+augmentation("hflip", FlipArgs)(functools.partial(_flip, dim=-1))  # mirror left-right with probability p
+augmentation("vflip", FlipArgs)(functools.partial(_flip, dim=-2))  # mirror top-bottom with probability p
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -283,7 +292,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
-@AUGMENTATIONS.register("color_jitter", args=ColorJitterArgs)
+@augmentation("color_jitter", ColorJitterArgs)
 def color_jitter(args: ColorJitterArgs, x: torch.Tensor, mask: Mask, generator: torch.Generator | None):
     """torchvision's ColorJitter in a fixed order (brightness, contrast, saturation, hue); masks pass through.
 
@@ -336,6 +345,6 @@ def build_augment(steps: list[tuple[str, dict[str, Any]]]) -> Augment:
     """Look up and validate each (name, options); UnknownName and ValidationError propagate to the spec layer."""
     built = []
     for name, options in steps:
-        entry = AUGMENTATIONS.entry(name)
-        built.append((name, entry.meta["args"].model_validate(options or {}), entry.obj))
+        op = AUGMENTATIONS.get(name)
+        built.append((name, op.args.model_validate(options or {}), op.apply))
     return Augment(built)

@@ -17,16 +17,30 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from models.registry import Registry
+from models.errors import SpecserveError
+from models.task_table import task_kind
 
 Splits = Union["ImageSplits", "SegSplits", "TextCorpus", "SeriesSplits", "RegressionSplits"]
 Builder = Callable[[Any, int], Splits]  # (validated args, effective seed) -> splits
 
-TASKS = ("classification", "segmentation", "sequence", "regression")
-
-DATASETS: Registry[Builder] = Registry("dataset")
 
 
-class DataError(Exception):
+@dataclass(frozen=True)
+class DatasetType:
+    """A registered dataset: the (task, input kind) pair it feeds (a row of models/task_table.py), its options
+    model and its loader."""
+
+    name: str
+    task: str
+    input: str
+    args: type["DataArgs"]
+    load: Builder
+
+
+DATASETS: Registry[DatasetType] = Registry("dataset")
+
+
+class DataError(SpecserveError):
     """Bad data: the message always starts with the file or folder concerned, then says what was wrong."""
 
 
@@ -50,11 +64,16 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]  # share of the data held out
 Size = tuple[PositiveInt, PositiveInt]  # [H, W] in the spec
 
 
-def register(name: str, task: str, args: type[DataArgs]) -> Callable[[Builder], Builder]:
-    """Register a dataset builder `fn(args, seed) -> splits` under `name` with its task and options model."""
-    if task not in TASKS:
-        raise ValueError(f"dataset '{name}': task must be one of {TASKS}, got '{task}'")
-    return DATASETS.register(name, task=task, args=args)
+def register(name: str, task: str, input: str, args: type[DataArgs]) -> Callable[[Builder], Builder]:
+    """Register a dataset builder `fn(args, seed) -> splits` under `name` for the (task, input kind) it feeds."""
+    if task_kind(task, input) is None:
+        raise ValueError(f"dataset '{name}': ({task}, {input}) is not a pair of models/task_table.py")
+
+    def decorator(load: Builder) -> Builder:
+        DATASETS.add(name, DatasetType(name, task, input, args, load), origin=load)
+        return load
+
+    return decorator
 
 
 def load_dataset(name: str, options: dict[str, Any], *, seed: int = 0) -> Splits:
@@ -63,10 +82,10 @@ def load_dataset(name: str, options: dict[str, Any], *, seed: int = 0) -> Splits
     pydantic's ValidationError propagates on purpose: the spec layer turns it into errors located in the YAML.
     `seed` is the run's seed; a dataset's own `seed` option, when given, wins.
     """
-    entry = DATASETS.entry(name)
-    args = entry.meta["args"].model_validate(options)
+    dataset = DATASETS.get(name)
+    args = dataset.args.model_validate(options)
     own_seed = getattr(args, "seed", None)
-    return entry.obj(args, seed if own_seed is None else own_seed)
+    return dataset.load(args, seed if own_seed is None else own_seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

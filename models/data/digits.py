@@ -11,7 +11,7 @@ class DigitsArgs(SeededArgs):
     test_fraction: Fraction = 0.2
 
 
-@register("digits", task="classification", args=DigitsArgs)
+@register("digits", task="classification", input="image", args=DigitsArgs)
 def digits(args: DigitsArgs, seed: int) -> ImageSplits:
     """UCI optical digits as uint8 (N, 1, 8, 8) images; a stratified, seeded train/test split."""
     from sklearn.datasets import load_digits  # imported here: sklearn is slow to import and only this needs it

@@ -67,7 +67,7 @@ def read_tree(tree: Path, classes: list[str], args: FolderArgs) -> tuple[torch.T
     return stack(images, paths, str(tree)), torch.tensor(labels, dtype=torch.int64)
 
 
-@register("image_folder", task="classification", args=FolderArgs)
+@register("image_folder", task="classification", input="image", args=FolderArgs)
 def image_folder(args: FolderArgs, seed: int) -> ImageSplits:
     """Your own labelled images: one sub-folder per class, PNG/JPEG/..., converted to `channels`, resized to `size`."""
     root = require_dir(args.root)

@@ -134,13 +134,13 @@ def load_idx(source: IdxSource, args: IdxArgs) -> ImageSplits:
     return ImageSplits(train_x, train_y, test_x, test_y, list(source.labels))
 
 
-@register("fashion_mnist", task="classification", args=IdxArgs)
+@register("fashion_mnist", task="classification", input="image", args=IdxArgs)
 def fashion_mnist(args: IdxArgs, seed: int) -> ImageSplits:
     """Zalando's Fashion-MNIST: 60k/10k 28x28 grayscale clothing images, 10 classes."""
     return load_idx(FASHION_MNIST, args)
 
 
-@register("mnist", task="classification", args=IdxArgs)
+@register("mnist", task="classification", input="image", args=IdxArgs)
 def mnist(args: IdxArgs, seed: int) -> ImageSplits:
     """LeCun's MNIST: 60k/10k 28x28 grayscale handwritten digits."""
     return load_idx(MNIST, args)

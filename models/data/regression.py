@@ -16,7 +16,7 @@ class LinearArgs(SeededArgs):
     test_count: NonNegativeInt = 100  # extra samples from the same distribution, for evaluation
 
 
-@register("linear_synthetic", task="regression", args=LinearArgs)
+@register("linear_synthetic", task="regression", input="features", args=LinearArgs)
 def linear_synthetic(args: LinearArgs, seed: int) -> RegressionSplits:
     """D2L's `synthetic_data(w, b, n)`; a trained linear layer should recover w and b."""
     rng = np.random.default_rng(seed)

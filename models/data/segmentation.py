@@ -92,7 +92,7 @@ class CamVidArgs(DataArgs):
     test_split: str = "val"
 
 
-@register("camvid", task="segmentation", args=CamVidArgs)
+@register("camvid", task="segmentation", input="image", args=CamVidArgs)
 def camvid(args: CamVidArgs, seed: int) -> SegSplits:
     """CamVid street scenes in SegNet's 11 classes (+ void, ignored); pairs listed in <split>.txt files."""
     splits = [args.train_split] if isinstance(args.train_split, str) else args.train_split
@@ -152,7 +152,7 @@ def voc_pairs(root: Path, split: str) -> list[Pair]:
     ]
 
 
-@register("voc", task="segmentation", args=VocArgs)
+@register("voc", task="segmentation", input="image", args=VocArgs)
 def voc(args: VocArgs, seed: int) -> SegSplits:
     """PASCAL VOC 2012 segmentation: 20 object classes + background; palette PNG masks, 255 = ignore."""
     n = len(VOC_LABELS)

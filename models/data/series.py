@@ -23,7 +23,7 @@ from models.data.base import (
     register,
     require_file,
 )
-from models.data.forecast import ScalingKind, fit_scaling, scale
+from models.artifact.scaling import ScalingKind, fit_scaling, scale
 
 
 def windows(series: np.ndarray, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,7 @@ class SeriesCsvArgs(DataArgs):
     scaling: ScalingKind = "standard"
 
 
-@register("series_csv", task="sequence", args=SeriesCsvArgs)
+@register("series_csv", task="sequence", input="series", args=SeriesCsvArgs)
 def series_csv(args: SeriesCsvArgs, seed: int) -> SeriesSplits:
     """A numeric column of a CSV; the last `test_fraction` of the values are test targets."""
     raw = read_column(args.path, args.column)
@@ -125,7 +125,7 @@ class SineArgs(SeededArgs):
         return self
 
 
-@register("sine", task="sequence", args=SineArgs)
+@register("sine", task="sequence", input="series", args=SineArgs)
 def sine(args: SineArgs, seed: int) -> SeriesSplits:
     """The course's x_t = sin(0.01 t) + N(0, 0.2), t = 1..T."""
     rng = np.random.default_rng(seed)

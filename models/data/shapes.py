@@ -75,7 +75,7 @@ def generate(count: int, size: Size, rng: np.random.Generator) -> tuple[torch.Te
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)
 
 
-@register("shapes", task="segmentation", args=ShapesArgs)
+@register("shapes", task="segmentation", input="image", args=ShapesArgs)
 def shapes(args: ShapesArgs, seed: int) -> SegSplits:
     """Generated circles/squares/triangles with per-pixel masks; deterministic in `seed`."""
     train_x, train_y = generate(args.train_count, args.size, np.random.default_rng([seed, 0]))

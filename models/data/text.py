@@ -123,13 +123,13 @@ class TextArgs(EmbeddedTextArgs):
     path: Path
 
 
-@register("text", task="sequence", args=TextArgs)
+@register("text", task="sequence", input="tokens", args=TextArgs)
 def text(args: TextArgs, seed: int) -> TextCorpus:
     """A char-level corpus from one UTF-8 text file."""
     return corpus_from_text(read_text(args.path), args.vocab, args.test_fraction, str(args.path), args.max_train_chars)
 
 
-@register("embedded_text", task="sequence", args=EmbeddedTextArgs)
+@register("embedded_text", task="sequence", input="tokens", args=EmbeddedTextArgs)
 def embedded_text(args: EmbeddedTextArgs, seed: int) -> TextCorpus:
     """The first chapters of The Time Machine, shipped with specserve: a text demo that needs no files."""
     return corpus_from_text(

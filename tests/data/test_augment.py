@@ -33,7 +33,7 @@ def test_all_ops_registered_with_strict_args():
     expected = {"resize", "random_resized_crop", "random_crop", "hflip", "vflip", "color_jitter"}
     assert set(AUGMENTATIONS.names()) >= expected
     for name in AUGMENTATIONS.names():
-        assert AUGMENTATIONS.entry(name).meta["args"].model_config.get("extra") == "forbid"
+        assert AUGMENTATIONS.get(name).args.model_config.get("extra") == "forbid"
 
 
 @pytest.mark.parametrize("name,opts", GEOMETRIC)

@@ -6,7 +6,8 @@ import pydantic
 import pytest
 
 from models.data import DATASETS, load_dataset
-from models.data.base import TASKS, stratified_split
+from models.data.base import stratified_split
+from models.task_table import task_kind
 from models.registry import UnknownName
 
 EXPECTED = {
@@ -21,9 +22,9 @@ def test_all_datasets_registered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_entry_meta(name):
-    entry = DATASETS.entry(name)
-    assert entry.meta["task"] in TASKS
-    args = entry.meta["args"]
+    dataset = DATASETS.get(name)
+    assert task_kind(dataset.task, dataset.input) is not None  # a row of the one table
+    args = dataset.args
     assert issubclass(args, pydantic.BaseModel)
     assert args.model_config.get("extra") == "forbid"
 

@@ -6,7 +6,8 @@ import pydantic
 import pytest
 import torch
 
-from models.data import DataError, fit_scaling, k_step_forecast, load_dataset, scale, unscale
+from models.artifact.scaling import fit_scaling, k_step_forecast, scale, unscale
+from models.data import DataError, load_dataset
 
 from .formats import shared
 

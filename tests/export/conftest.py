@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.card import FeatureInput, ImageInput, ModelCard, SeriesInput, StandardScaling, TokenInput
+from models.artifact.card import FeatureInput, ImageInput, ModelCard, SeriesInput, StandardScaling, TokenInput
 
 TEXT = ("the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us "
         "his grey eyes shone and twinkled and his usually pale face was flushed and animated the fire burned "
@@ -142,7 +142,7 @@ def digits_cnn(digits, digits_card) -> nn.Module:
 
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory, digits, digits_cnn, digits_card):
-    from models.export import export_net
+    from models.export.onnx_graph import export_net
 
     out = tmp_path_factory.mktemp("digits")
     return export_net(digits_cnn, digits_card, out, example_inputs=digits[0][:4])

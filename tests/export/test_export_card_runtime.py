@@ -7,9 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models import runtime
-from models.card import CardError, ImageInput, ModelCard, SeriesInput, TokenInput, validate_card
-from models.data.forecast import fit_scaling, scale, unscale
+from models.artifact import runtime
+from models.artifact.card import CardError, ImageInput, ModelCard, SeriesInput, TokenInput, validate_card
+from models.artifact.scaling import fit_scaling, scale, unscale
 
 
 def test_card_json_round_trip(digits_export):
@@ -54,7 +54,7 @@ def test_series_scaling_is_explicit_and_checked_when_read(scaling, message):
 
 @pytest.mark.parametrize("kind", ["standard", "minmax", "none"])
 def test_series_scaling_round_trips_to_what_training_used(kind):
-    """The card holds the dict models.data.forecast fitted, kind included, and gives it back unchanged."""
+    """The card holds the dict models.artifact.scaling fitted, kind included, and gives it back unchanged."""
     fitted = fit_scaling([3.0, 5.0, 11.0], kind)
     card = ModelCard.from_json(SERIES_CARD % f', "scaling": {json.dumps(fitted)}')
     assert isinstance(card.input, SeriesInput) and card.input.scaling.kind == kind

@@ -9,10 +9,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from models.card import CARD_KEY, SPEC_HASH_KEY, TASK_KEY, ImageInput, ModelCard, read_card
-from models.export import ExportError, export_net
-from models.parity import ParityError, check_parity
-from models.runtime import make_session
+from models.artifact.card import CARD_KEY, SPEC_HASH_KEY, TASK_KEY, ImageInput, ModelCard, read_card
+from models.export.onnx_graph import ExportError, export_net
+from models.export.parity import ParityError, check_parity
+from models.artifact.runtime import make_session
 
 
 def dims(value: onnx.ValueInfoProto) -> list:

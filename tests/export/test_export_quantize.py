@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.card import read_card, validate_card
-from models.export import ExportError, export_net
-from models.quantize import QUANT_KEY, QuantRefused, quantize
-from models.runtime import make_session, runtime_ops
+from models.artifact.card import read_card, validate_card
+from models.export.onnx_graph import ExportError, export_net
+from models.export.quantize import QUANT_KEY, QuantRefused, quantize
+from models.artifact.runtime import make_session, runtime_ops
 
 
 def op_counts(path) -> Counter:
@@ -53,7 +53,7 @@ class Residual(nn.Module):
 
 
 def test_every_convolution_of_a_residual_net_runs_as_an_integer_kernel(digits, digits_card, tmp_path):
-    """What the static settings are chosen for (models.quantize._STATIC): onnxruntime must turn every Conv into
+    """What the static settings are chosen for (models.export.quantize._STATIC): onnxruntime must turn every Conv into
     QLinearConv, including the ones feeding a residual Add, which int8 activations would leave in fp32."""
     pixels, labels = digits
     torch.manual_seed(0)

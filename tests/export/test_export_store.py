@@ -14,10 +14,10 @@ import onnx
 import pytest
 import yaml
 
-from models.card import CARD_KEY
-from models.parity import check_parity
-from models.quantize import quantize
-from models.store import StoreError, load_from_store, model_store, save_to_store, verify_stored
+from models.artifact.card import CARD_KEY
+from models.export.parity import check_parity
+from models.export.quantize import quantize
+from models.artifact.store import StoreError, load_from_store, model_store, save_to_store, verify_stored
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def test_unknown_tag(proven):
 
 
 def test_exception_during_save_commits_nothing(proven, monkeypatch):
-    import models.store as store
+    import models.artifact.store as store
 
     def explode(*args, **kwargs):
         raise OSError("disk full")
@@ -163,8 +163,8 @@ def test_sigkill_during_commit_leaves_no_half_model(proven, bentoml_home, tmp_pa
     script = textwrap.dedent(f"""
         import json, os, shutil, signal
         from pathlib import Path
-        from models.card import ModelCard
-        from models.store import save_to_store
+        from models.artifact.card import ModelCard
+        from models.artifact.store import save_to_store
 
         class Report:
             def __init__(self, d): self.d = d
@@ -194,7 +194,7 @@ def test_sigkill_during_commit_leaves_no_half_model(proven, bentoml_home, tmp_pa
 
 
 def test_store_module_imports_no_torch():
-    code = "import sys, models.store, models.runtime; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, models.artifact.store, models.artifact.runtime; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr

@@ -54,13 +54,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120,
-          overrides: dict | None = None) -> Iterator[Server]:
+          overrides: dict | None = None, python_path: tuple[Path, ...] = ()) -> Iterator[Server]:
     """`bentoml serve service.service:SpecServe` on a free loopback port until /readyz answers 200; the whole
-    process group is stopped on exit, whatever happened."""
+    process group is stopped on exit, whatever happened. `python_path` folders come before the project's."""
     config = workdir / "serving.yaml"
     config.write_text(yaml.safe_dump(serving_config(tags, overrides)))
     port, log = free_port(), workdir / "server.log"
-    env = {**os.environ, "BENTOML_HOME": str(home), "SPECSERVE_CONFIG": str(config), "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "BENTOML_HOME": str(home), "SPECSERVE_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(map(str, (*python_path, ROOT))),
            "BENTOML_DO_NOT_TRACK": "True"}
     with log.open("wb") as out:
         process = subprocess.Popen([str(BENTOML), "serve", "service.service:SpecServe", "--host", "127.0.0.1",

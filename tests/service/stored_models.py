@@ -1,13 +1,13 @@
 """Small real models for the service tests, made by the project's own line (`specserve run`):
 test specs → models.pipeline.run_line (validate → train a few epochs on the real data → export with its parity
 proof → int8 where the spec asks → store). Predictions are meaningful: digits are recognised, shapes found, the
-char model writes English-like letter sequences, the forecaster follows a sine."""
+char model writes English-like letter sequences, the forecaster follows a sine, the regression finds w and b."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from models.pipeline import run_line
-from models.train import TrainOptions
+from models.train.loop import TrainOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,12 +71,13 @@ train: {epochs: 2, optimizer: {adam: {lr: 0.01}}, clip_grad_norm: 1.0}
 
 
 def make_all(tmp: Path) -> dict[str, str]:
-    """Run the line on the test specs and specs/sine_forecaster.yaml; returns model name → stored tag."""
+    """Run the line on the test specs, specs/sine_forecaster.yaml and specs/linear_regression.yaml; returns model
+    name → stored tag."""
     paths = []
     for name, text in SPECS.items():
         (tmp / f"{name}.yaml").write_text(text)
         paths.append(tmp / f"{name}.yaml")
-    paths.append(ROOT / "specs" / "sine_forecaster.yaml")
+    paths += [ROOT / "specs" / "sine_forecaster.yaml", ROOT / "specs" / "linear_regression.yaml"]
     tags = [run_line(path, TrainOptions(out=tmp / "runs" / path.stem, device="cpu", quiet=True), quiet=True).tag
             for path in paths]
     return {tag.split(":")[0]: tag for tag in tags}

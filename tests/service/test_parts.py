@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from models.card import ModelCard, SeriesInput
+from models.artifact.card import ModelCard, SeriesInput
 from service.batching import Batcher
 from service.config import ConfigError, ModelRef, load_config
 from service.masks import palette

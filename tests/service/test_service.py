@@ -20,8 +20,8 @@ from PIL import Image
 
 from live_server import LIMITS, Server
 from models.data import load_dataset
-from models.runtime import make_session
-from models.store import load_from_store
+from models.artifact.runtime import make_session
+from models.artifact.store import load_from_store
 
 
 @pytest.fixture(scope="module")
