@@ -62,9 +62,11 @@ class SpecNet(nn.Module):
     two per LSTM layer, for the recurrent layers at the top level of the network, in order.
     """
 
-    def __init__(self, task: str, backbone: nn.Sequential | None, body: nn.Sequential, stateful: bool):
+    def __init__(self, task: str, backbone: nn.Sequential | None, body: nn.Sequential, stateful: bool,
+                 sample_output: tuple[int, ...]):
         super().__init__()
         self.task = task
+        self.sample_output = sample_output  # per-sample output shape found by shape inference, e.g. (classes,)
         if backbone is not None:
             self.backbone = backbone
         self.body = body
@@ -247,7 +249,7 @@ def infer(spec: Spec) -> Inferred:
     body, y = builder.sequence(spec.nodes, x, 0)
     _check_output(spec, y)
     stateful = spec.task == "sequence" and spec.input.kind == "tokens"
-    return Inferred(SpecNet(spec.task, backbone, body, stateful), builder.rows, y.shape)
+    return Inferred(SpecNet(spec.task, backbone, body, stateful, y.shape), builder.rows, y.shape)
 
 
 def build(spec: Spec, device: torch.device | str = "cpu", seed: int | None = None) -> SpecNet:

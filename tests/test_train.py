@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,11 +231,11 @@ train: {epochs: 1, optimizer: {sgd: {lr: 0.1}}}
     scaled = write_spec(tmp_path, finetune.read_text().replace("freeze: true", "lr_scale: 0.1"), "scaled.yaml")
     from models.train.optim import make_optimizer
     from models.build import build
-    from models.train.loop import _apply_pretrained
+    from models.train.pretrained import apply_pretrained
 
     spec = load_spec(scaled)
     net = build(spec)
-    optimizer = make_optimizer(net, spec, _apply_pretrained(net, spec))
+    optimizer = make_optimizer(net, spec, apply_pretrained(net, spec))
     lrs = sorted({g["lr"] for g in optimizer.param_groups})
     assert lrs == pytest.approx([0.01, 0.1])  # the course's 10× rate for the new head
 
@@ -260,3 +261,50 @@ data: {{dataset: fashion_mnist, root: "{root}"}}
 """, "paths.yaml")
     with pytest.raises(SpecError, match="data root|absolute"):
         open_dataset(spec, tmp_path / "data")
+
+
+# ------------------------------------------------------------------ runs that scale with classes
+def _class_folders(root: Path, classes: int, per_class: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"c{c:04d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+FOLDER_SPEC = """
+name: many-classes
+task: classification
+input: {channels: 1, size: [4, 4]}
+network: [flatten, linear: {out: OUTPUTS}]
+data: {dataset: image_folder, root: photos, channels: 1, test_fraction: 0.5, batch_size: 256}
+train: {epochs: 3, optimizer: {adam: {lr: 0.01}}}
+"""
+
+
+def test_a_thousand_class_run_keeps_metrics_small(tmp_path):
+    """metrics.json holds no per-class table per epoch; the confusion matrix of the best and last epoch is in its
+    own compact file."""
+    _class_folders(tmp_path / "photos", 1000, 2)
+    spec = load_spec(write_spec(tmp_path, FOLDER_SPEC.replace("OUTPUTS", "1000")))
+    train(spec, TrainOptions(out=tmp_path / "run", quiet=True, max_steps=1, data_root=tmp_path))
+    metrics = tmp_path / "run" / "metrics.json"
+    assert len(json.loads(metrics.read_text())["history"]) == 3
+    assert metrics.stat().st_size < 1_000_000, metrics.stat().st_size
+    tables = json.loads((tmp_path / "run" / "class_metrics.json").read_text())
+    assert len(tables["last"]["confusion_matrix"]) == 1000 and tables["last"]["epoch"] == 3
+
+
+def test_outputs_that_do_not_fit_the_data_are_refused_before_the_first_step(tmp_path):
+    _class_folders(tmp_path / "photos", 2, 4)
+    spec_path = write_spec(tmp_path, FOLDER_SPEC.replace("OUTPUTS", "1000"))
+    with pytest.raises(SpecError) as caught:
+        train(load_spec(spec_path), TrainOptions(out=tmp_path / "run", quiet=True, data_root=tmp_path))
+    message = str(caught.value)
+    assert f"{spec_path}:5:20 network[1].linear: the network outputs 1000 class scores" in message
+    assert "dataset image_folder at" in message and "photos has 2 classes" in message
+    assert not (tmp_path / "run" / "checkpoints" / "last.json").exists()

@@ -9,6 +9,7 @@ of seed and epoch, never of consumed random state).
 from __future__ import annotations
 
 import ast
+import json
 import os
 import random
 import time
@@ -23,9 +24,10 @@ import torch.distributed as dist
 from torch import nn
 
 from models.build import SpecNet, build
-from models.train.checkpoint import CheckpointError, load_checkpoint, load_weights_file, read_pointer, save_checkpoint
+from models.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from models.train.data_source import open_dataset
 from models.train.hardware import device_description
+from models.train.pretrained import apply_pretrained
 from models.train.optim import make_optimizer, make_schedule
 from models.train.plots import plot_curves
 from models.train.runs import Run, RunError
@@ -35,6 +37,10 @@ from models.errors import SpecserveError
 
 
 PLOT_EVERY_S = 30.0
+# Per-class tables grow with classes² (a 1000-class confusion matrix is ~25 MB of JSON): they stay out of the
+# per-epoch history in metrics.json and go, for the best and the last epoch only, to class_metrics.json.
+BULKY_METRICS = ("confusion_matrix",)
+CLASS_METRICS_FILE = "class_metrics.json"
 
 
 class TrainError(SpecserveError, RuntimeError):
@@ -130,75 +136,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ------------------------------------------------------------------ pretrained weights
-def resolve_weights(source: str | Path) -> Path:
-    """A run directory (its best, else last, checkpoint) or a .safetensors file."""
-    path = Path(source)
-    if path.is_dir():
-        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        for kind in ("best", "last"):
-            try:
-                return directory / read_pointer(directory, kind)["weights"]
-            except CheckpointError:
-                continue
-        raise TrainError(f"{path}: no checkpoint found (expected checkpoints/best.json or last.json)")
-    if not path.is_file():
-        raise TrainError(f"{path}: weights not found (give a run directory or a .safetensors file)")
-    return path
-
-
-def load_pretrained(net: nn.Module, source: str | Path, rename: Callable[[str], str | None]) -> set[str]:
-    """Copy every tensor whose (renamed) name and shape match into `net`; returns the names loaded."""
-    weights = load_weights_file(resolve_weights(source))
-    own = net.state_dict()
-    loaded: set[str] = set()
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            target = rename(name)
-            if target in own and own[target].shape == tensor.shape:
-                own[target].copy_(tensor)
-                loaded.add(target)
-    if not loaded:
-        raise TrainError(f"{source}: no tensor matches this network by name and shape")
-    return loaded
-
-
-def _apply_pretrained(net: SpecNet, spec: Spec) -> dict[str, float]:
-    """Load backbone / init_from weights; freeze; return learning-rate scales by parameter name."""
-    scales: dict[str, float] = {}
-    params = dict(net.named_parameters())
-    if spec.backbone is not None:
-        depth = len(net.backbone)
-        backbone_names = {n for n in params if n.startswith("backbone.")}
-
-        def to_backbone(name: str) -> str | None:
-            parts = name.split(".")
-            if parts[0] == "body" and parts[1].isdigit() and int(parts[1]) < depth:
-                return ".".join(["backbone", *parts[1:]])
-            return None
-
-        if spec.backbone.weights:
-            load_pretrained(net, spec.backbone.weights, to_backbone)
-        for n in backbone_names:
-            scales[n] = spec.backbone.lr_scale
-            if spec.backbone.freeze:
-                params[n].requires_grad_(False)
-    init = spec.train.init_from
-    if init is not None:
-        loaded = load_pretrained(net, init.weights, lambda n: n)
-        for n in loaded & set(params):
-            scales[n] = init.lr_scale
-            if init.freeze:
-                params[n].requires_grad_(False)
-    if spec.backbone is not None and spec.backbone.freeze:
-        for module in net.backbone.modules():  # frozen BatchNorm keeps its statistics too
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval().requires_grad_(False)
-                module.track_running_stats = True
-                module.momentum = 0.0
-    return scales
-
-
 # ------------------------------------------------------------------ the loop
 def _reduce(totals: dict[str, torch.Tensor], d: Dist) -> dict[str, float]:
     keys = sorted(totals)
@@ -275,7 +212,8 @@ def _setup(spec: Spec, options: TrainOptions) -> _Session:
     seed_everything(spec.train.seed)
     task = make_task(spec, open_dataset(spec, options.data_root, spec.train.seed), device)
     net = build(spec, device=device, seed=spec.train.seed)
-    lr_scales = _apply_pretrained(net, spec)
+    task.check_network(net)  # outputs against the data's classes, before any step
+    lr_scales = apply_pretrained(net, spec)
     image = spec.input.kind == "image"
     channels_last = spec.train.channels_last is True or (spec.train.channels_last == "auto" and device.type == "cuda" and image)
     if channels_last:
@@ -352,6 +290,7 @@ def _end_epoch(s: _Session, epoch: int, train_metrics: dict[str, float], samples
     """Evaluate, record, checkpoint and plot after an epoch; True when the run stops early."""
     d, task = s.d, s.task
     test_metrics = task.evaluate(s.net) if d.main else {}
+    bulky = {k: test_metrics.pop(k) for k in BULKY_METRICS if k in test_metrics}
     primary = test_metrics.get(task.primary) if d.main else None
     if d.world > 1:
         shared = [primary]
@@ -375,6 +314,8 @@ def _end_epoch(s: _Session, epoch: int, train_metrics: dict[str, float], samples
         if improved:
             save_checkpoint(s.run.checkpoints, "best", tag, s.net, state_payload, info)
         save_checkpoint(s.run.checkpoints, "last", tag, s.net, state_payload, info)
+        if bulky:
+            _write_class_metrics(s.run, {"epoch": epoch, **bulky}, improved)
         # complete: the run ended (last epoch, or early stopping), so readers need not count epochs
         s.run.write_json("metrics.json", {"primary": task.primary, "hardware": s.hardware, "history": s.history,
                                           "final": test_metrics, "complete": stopping or epoch == s.epochs})
@@ -391,6 +332,13 @@ def _end_epoch(s: _Session, epoch: int, train_metrics: dict[str, float], samples
     if stopping and d.main and not s.options.quiet:
         print(f"early stopping: {task.primary} did not improve for {early.patience} epochs", flush=True)
     return stopping
+
+
+def _write_class_metrics(run: Run, entry: dict[str, Any], improved: bool) -> None:
+    """class_metrics.json = {"last": entry, "best": the best epoch's entry}, compact (no indentation)."""
+    path = run.path / CLASS_METRICS_FILE
+    best = entry if improved or not path.exists() else json.loads(path.read_text()).get("best", entry)
+    atomic_write_text(path, json.dumps({"last": entry, "best": best}, separators=(",", ":")))
 
 
 def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:

@@ -23,6 +23,7 @@ from torch import nn
 from models.artifact.scaling import k_step_forecast, unscale
 from models.data import (DataError, ImageSplits, RegressionSplits, SegSplits, SeriesSplits, TextCorpus, build_augment,
                          normalize, resize_batch, tensor_batches, text_batches, to_float)
+from models.errors import SpecError
 from models.spec.data_section import augment_steps
 from models.train.plots import plot_segmentation
 from models.spec.schema import Spec
@@ -48,6 +49,9 @@ class Task:
 
     def __post_init__(self) -> None:
         """Subclasses check the splits against the spec here (the dataclass __init__ calls it)."""
+
+    def check_network(self, net: nn.Module) -> None:
+        """Refuse, before the first step, a network whose outputs do not fit the data (SpecError at the layer)."""
 
     # -- training
     def steps_per_epoch(self, world: int = 1) -> int:
@@ -158,6 +162,19 @@ def class_weights(labels: torch.Tensor, classes: int, ignore: int | None, mode: 
     return weights.float().to(device)
 
 
+def _check_classes(task: Task, outputs: int, what: str) -> None:
+    """The network's class outputs against the classes the data has: a SpecError at the last layer that names the
+    dataset and its folder (a 1000-output ImageNet net on a 2-class folder would train, then fail in evaluation)."""
+    if outputs == task.classes:
+        return
+    spec = task.spec
+    last = (spec.nodes or spec.backbone_nodes)[-1]
+    folder = spec.data.options.get("root") or spec.data.options.get("path")
+    source = f"dataset {spec.data.dataset}" + (f" at {folder}" if folder else "")
+    raise SpecError.one(last.location, last.where, f"the network outputs {outputs} {what} but {source} has "
+                                                   f"{task.classes} classes; set this layer's out to {task.classes}")
+
+
 class Classification(_ImageMixin, Task):
     def __post_init__(self) -> None:
         _check(isinstance(self.splits, ImageSplits), f"dataset {self.spec.data.dataset} does not give images with labels")
@@ -169,6 +186,9 @@ class Classification(_ImageMixin, Task):
         self.primary, self.higher_is_better = "accuracy", True
         self.info = {"labels": list(labels)}
         self.weights = class_weights(self.splits.train_y, self.classes, None, self.spec.train.class_weights, self.device)
+
+    def check_network(self, net: nn.Module) -> None:
+        _check_classes(self, net.sample_output[-1], "class scores")
 
     def step(self, net, batch, state=None, generator=None) -> StepResult:
         x, _ = self._pixels(batch[0], None, train=True)
@@ -222,6 +242,9 @@ class Segmentation(_ImageMixin, Task):
                                      self.device)
         # the majority-class baseline predicts the most frequent training class everywhere; counted once, not per epoch
         self.majority = int(class_counts(self.splits.train_y, self.classes, self.ignore).argmax())
+
+    def check_network(self, net: nn.Module) -> None:
+        _check_classes(self, net.sample_output[0], "class maps")
 
     def step(self, net, batch, state=None, generator=None) -> StepResult:
         x, mask = self._pixels(batch[0], batch[1], train=True)
