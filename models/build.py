@@ -11,13 +11,16 @@ import math
 from dataclasses import dataclass
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from models.errors import Location, SpecError
+from models.errors import Location, Problem, SpecError, format_path
 from models.layers.init import apply_init
-from models.layers.builtin import LAYERS, Recurrent, Signal
-from models.spec.network import ConcatNode, LayerNode, Node, ResidualNode, SeqNode
+from models.layers.builtin import LAYERS, Args, LayerType, RecurrentArgs, Recurrent, Signal
+from models.spec.expressions import Expr, ExprError, needs_shape, resolve
+from models.spec.network import ConcatNode, LayerNode, Node, OperatorNode, ResidualNode, SeqNode
 from models.spec.schema import Spec
+from models.spec.validation import validation_problems
 
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: past this a spec is a typo, not a model for this service
 MAX_VALUES_PER_SAMPLE = 2**31  # a single activation larger than this cannot be indexed by int32 kernels
@@ -31,6 +34,7 @@ class LayerInfo:
     params: int
     macs: int  # multiply-adds per sample
     depth: int
+    inputs: str = ""  # the names in its `from:` (empty: the previous entry)
 
 
 class Residual(nn.Module):
@@ -45,14 +49,78 @@ class Residual(nn.Module):
 
 
 class Concat(nn.Module):
-    """Concatenate branch outputs along channels (axis 1 of the batch)."""
+    """Concatenate branch outputs along channels (axis 1 of the batch), or along `dim`."""
 
-    def __init__(self, branches: list[nn.Sequential]):
+    def __init__(self, branches: list[nn.Module], dim: int = 1):
         super().__init__()
         self.branches = nn.ModuleList(branches)
+        self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches], dim=1)
+        return torch.cat([branch(x) for branch in self.branches], dim=self.dim)
+
+
+class Graph(nn.Module):
+    """A list of entries wired by name (`from:`): entry i takes the values at `wires[i]`, where slot 0 is the
+    list's input and slot j + 1 entry j's output; the last entry's output is the result. Its children are named
+    0, 1, 2, ... like an nn.Sequential's, so parameter names do not depend on the wiring."""
+
+    def __init__(self, modules: list[nn.Module], wires: list[tuple[int, ...]]):
+        super().__init__()
+        for i, module in enumerate(modules):
+            self.add_module(str(i), module)
+        self.wires = [tuple(w) for w in wires]
+        last_use = {s: i for i, w in enumerate(self.wires) for s in w}
+        self._free = [tuple(s for s in set(w) if last_use[s] == i) for i, w in enumerate(self.wires)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return list(self._modules.values())[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: list[torch.Tensor | None] = [x]
+        for module, slots, free in zip(self._modules.values(), self.wires, self._free):
+            out = module(*[values[s] for s in slots])
+            for s in free:  # no later entry reads it: let it go
+                values[s] = None
+            values.append(out)
+        return values[-1]  # type: ignore[return-value]
+
+
+class Add(nn.Module):
+    """Element-wise sum of its inputs (equal shapes)."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Multiply(nn.Module):
+    """Element-wise product of its inputs, broadcasting axes of size 1 (an SE gate (B,C,1,1) × features (B,C,H,W))."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+
+class Join(nn.Module):
+    """Concatenation of its inputs along `dim` (a batch axis: per-sample axis + 1)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.dim)
 
 
 class SpecNet(nn.Module):
@@ -63,13 +131,15 @@ class SpecNet(nn.Module):
     """
 
     def __init__(self, task: str, backbone: nn.Sequential | None, body: nn.Sequential, stateful: bool,
-                 sample_output: tuple[int, ...]):
+                 sample_output: tuple[int, ...], wires: list[tuple[int, ...]] | None = None):
         super().__init__()
         self.task = task
         self.sample_output = sample_output  # per-sample output shape found by shape inference, e.g. (classes,)
         if backbone is not None:
             self.backbone = backbone
         self.body = body
+        # top-level wiring over backbone + body entries, as in Graph (None: each takes the previous one's output)
+        self.wires = wires
         self._recurrent = [m for m in self._top_level() if isinstance(m, Recurrent)] if stateful else []
         self.state_size = sum(m.state_count for m in self._recurrent)
 
@@ -84,6 +154,8 @@ class SpecNet(nn.Module):
         return tuple(states)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+        if self.wires is not None:
+            return self._forward_wired(x, state)
         if not self.state_size:
             return self.body(self.backbone(x)) if hasattr(self, "backbone") else self.body(x)
         new_state: list[torch.Tensor] = []
@@ -98,25 +170,75 @@ class SpecNet(nn.Module):
                 x = layer(x)
         return x, tuple(new_state)
 
+    def _forward_wired(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
+        assert self.wires is not None
+        values = [x]
+        new_state: list[torch.Tensor] = []
+        taken = 0
+        for layer, slots in zip(self._top_level(), self.wires):
+            inputs = [values[s] for s in slots]
+            if self.state_size and isinstance(layer, Recurrent):
+                own = None if state is None else tuple(state[taken: taken + layer.state_count])
+                y, out_state = layer.step(inputs[0], own)
+                new_state += out_state
+                taken += layer.state_count
+            else:
+                y = layer(*inputs)
+            values.append(y)
+        return (values[-1], tuple(new_state)) if self.state_size else values[-1]
+
+
+# (layer kind, its arguments, input signal) → output signal: a built-in layer's output shape depends on nothing else,
+# and deep nets repeat the same layers (MobileNet's ~50 batch norms), so each is probed once per process
+_PROBED: dict[tuple[str, str, Signal], Signal] = {}
+_PROBE_CACHE = 65_536
+
 
 class _Builder:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.rows: list[LayerInfo] = []
         self.params = 0
+        self.signals_at: dict[int, Signal] = {}  # node anchor → the signal arriving at it (for `$in_channels`)
+        self.next_token = spec.task == "sequence" and spec.input.kind == "tokens"
 
     def fail(self, node: Node | None, message: str, location: Location | None = None) -> SpecError:
         where = node.where if node else "network"
         return SpecError.one(location or (node.location if node else None), where, message)
 
-    def sequence(self, nodes: list[Node], x: Signal, depth: int) -> tuple[nn.Sequential, Signal]:
-        modules = []
-        for node in nodes:
-            module, x = self.node(node, x, depth)
+    def wired(self, nodes: list[Node], x: Signal, depth: int) -> tuple[list[nn.Module], list[tuple[int, ...]], Signal]:
+        """Build a list of entries: their modules, the slots each reads (0 = the list's input) and the output."""
+        modules: list[nn.Module] = []
+        wires: list[tuple[int, ...]] = []
+        values = [x]
+        for i, node in enumerate(nodes):
+            sources = node.sources if node.sources is not None else (i - 1,)
+            slots = tuple(s + 1 for s in sources)
+            labels = [self._label(nodes, s) for s in sources]
+            module, y = self.node(node, [values[s] for s in slots], labels, depth)
             modules.append(module)
-        return nn.Sequential(*modules), x
+            wires.append(slots)
+            values.append(y)
+        return modules, wires, values[-1]
 
-    def node(self, node: Node, x: Signal, depth: int) -> tuple[nn.Module, Signal]:
+    def sequence(self, nodes: list[Node], x: Signal, depth: int) -> tuple[nn.Module, Signal]:
+        modules, wires, y = self.wired(nodes, x, depth)
+        if all(w == (i,) for i, w in enumerate(wires)):
+            return nn.Sequential(*modules), y
+        return Graph(modules, wires), y
+
+    @staticmethod
+    def _label(nodes: list[Node], source: int) -> str:
+        if source < 0:
+            return "the input of this list"
+        n = nodes[source]
+        return f"'{n.name}' ({n.where}, {n.location})" if n.name else f"{n.where} ({n.location})"
+
+    def node(self, node: Node, xs: list[Signal], labels: list[str], depth: int) -> tuple[nn.Module, Signal]:
+        x = xs[0]
+        self.signals_at[node.anchor] = x
+        if isinstance(node, OperatorNode):
+            return self.operator(node, xs, labels, depth)
         if isinstance(node, LayerNode):
             return self.layer(node, x, depth)
         row = len(self.rows)
@@ -135,47 +257,161 @@ class _Builder:
             assert isinstance(node, ConcatNode)
             outs = [self.sequence(branch, x, depth + 1) for branch in node.branches]
             shapes = [s.shape for _, s in outs]
-            if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
-                raise self.fail(node, f"branches give {', '.join(map(str, shapes))}; concat joins channels, so every "
+            rank = len(shapes[0])
+            if not -rank <= node.axis < rank:
+                raise self.fail(node, f"axis {node.axis} is out of range for branches of {rank} axes {shapes[0]}")
+            axis = node.axis % rank
+            if any(len(s) != rank or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+                what = "channels" if axis == 0 else f"axis {axis}"
+                raise self.fail(node, f"branches give {', '.join(map(str, shapes))}; concat joins {what}, so every "
                                       "other axis must match")
-            module = Concat([m for m, _ in outs])
-            y = Signal((sum(s[0] for s in shapes), *shapes[0][1:]))
-        self.rows[row] = LayerInfo(node.where, node.kind, y.shape, self.params - before, 0, depth)
+            module = Concat([m for m, _ in outs], axis + 1)
+            y = Signal((*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:]))
+        self.rows[row] = LayerInfo(node.where, node.kind, y.shape, self.params - before, 0, depth, self._inputs(node))
         return module, y
+
+    @staticmethod
+    def _inputs(node: Node) -> str:
+        return ", ".join(r.name for r in node.refs)
+
+    def operator(self, node: OperatorNode, xs: list[Signal], labels: list[str], depth: int) -> tuple[nn.Module, Signal]:
+        for s, label in zip(xs, labels):
+            if s.is_index:
+                raise self.fail(node, f"receives token ids from {label}; {node.kind} combines float values")
+        shapes = [s.shape for s in xs]
+        described = "; ".join(f"{label} gives {shape}" for label, shape in zip(labels, shapes))
+        if node.kind == "add":
+            if any(shape != shapes[0] for shape in shapes):
+                raise self.fail(node, f"cannot add: {described}; add needs equal shapes")
+            y, module = shapes[0], Add()
+        elif node.kind == "multiply":
+            if any(len(shape) != len(shapes[0]) for shape in shapes):
+                raise self.fail(node, f"cannot multiply: {described}; the inputs need the same number of axes (make a "
+                                      "gate (C, 1, 1), e.g. adaptive_avgpool2d: {size: 1} rather than global_avgpool)")
+            out = []
+            for axis, sizes in enumerate(zip(*shapes)):
+                big = {d for d in sizes if d != 1}
+                if len(big) > 1:
+                    raise self.fail(node, f"cannot multiply: {described}; axis {axis} differs ({' vs '.join(map(str, sizes))}) "
+                                          "and only axes of size 1 broadcast")
+                out.append(max(sizes))
+            y, module = tuple(out), Multiply()
+        else:
+            rank = len(shapes[0])
+            if not -rank <= node.axis < rank:
+                raise self.fail(node, f"axis {node.axis} is out of range for inputs of {rank} axes ({described})")
+            axis = node.axis % rank
+            rest = [shape[:axis] + shape[axis + 1:] for shape in shapes]
+            if any(len(shape) != rank for shape in shapes) or any(r != rest[0] for r in rest):
+                raise self.fail(node, f"cannot concatenate along axis {axis}: {described}; every other axis must match")
+            y = (*shapes[0][:axis], sum(shape[axis] for shape in shapes), *shapes[0][axis + 1:])
+            module = Join(axis + 1)
+        y = tuple(y)
+        macs = math.prod(y) * (len(xs) - 1) if node.kind != "concat" else 0
+        self.rows.append(LayerInfo(node.where, node.kind, y, 0, macs, depth, self._inputs(node)))
+        return module, Signal(y)
+
+    def arguments(self, node: LayerNode, layer_type: LayerType, x: Signal) -> Args:
+        """The layer's arguments; those written as expressions over the input's shape are evaluated now."""
+        if node.args is not None:
+            return node.args
+        assert node.pending is not None
+        try:
+            values = resolve(node.pending, lambda anchor: self.signals_at[anchor].shape)
+        except ExprError as err:
+            expr = err.expr
+            assert expr is not None
+            shape = self.signals_at[expr.anchor].shape
+            raise SpecError.one(expr.location, format_path(expr.path), f"'{expr.text}': {err} (input {shape})") from None
+        try:
+            return layer_type.args.model_validate(values)
+        except ValidationError as err:
+            problems = validation_problems(err, node.locator, node.args_at, node.path, layer_type.args)
+            noted = []
+            for problem, e in zip(problems, err.errors(include_url=False)):
+                key = e["loc"][0] if e["loc"] else None
+                written = node.pending.get(key) if isinstance(key, str) else None
+                if needs_shape(written):
+                    shown = f"'{written.text}'" if isinstance(written, Expr) else "expressions"
+                    problem = Problem(problem.location, problem.path,
+                                      f"{problem.message}: {key} = {values[key]!r} from {shown} with input {x.shape}")
+                noted.append(problem)
+            raise SpecError(noted) from None
+
+    def _refuse_future(self, node: LayerNode, args: Args) -> None:
+        """A next-token model must not read the steps it predicts."""
+        if not self.next_token:
+            return
+        def at(key: str) -> Location:  # the argument where it is written, else the layer
+            return node.locator.locate(node.args_at + (key,)) if node.locator.written(node.args_at + (key,)) \
+                else node.location
+
+        if isinstance(args, RecurrentArgs) and args.bidirectional:
+            raise self.fail(node, f"a bidirectional {node.kind} also reads the sequence backwards, so in a next-token "
+                                  "model (task sequence on tokens) step t would see the token it is trained to predict; "
+                                  "set bidirectional: false", at("bidirectional"))
+        if getattr(args, "causal", None) is False:
+            raise self.fail(node, f"{node.kind} attends to every step, so in a next-token model (task sequence on "
+                                  "tokens) step t would see the token it is trained to predict; set causal: true",
+                            at("causal"))
 
     def layer(self, node: LayerNode, x: Signal, depth: int) -> tuple[nn.Module, Signal]:
         layer_type = LAYERS.get(node.kind)
+        origin = str(getattr(layer_type.build, "__module__", "") or "?")
+        plugin = not origin.startswith("models.layers.")  # a layer from elsewhere: any exception is its problem
+        caught: tuple[type[BaseException], ...] = (Exception,) if plugin else (ValueError, RuntimeError, TypeError)
+        probe_caught: tuple[type[BaseException], ...] = (Exception,) if plugin else (RuntimeError, ValueError, IndexError)
+        from_plugin = f" (layer from {origin})" if plugin else ""
         if layer_type.wants_index and not x.is_index:
             raise self.fail(node, f"takes token ids but receives {x.dtype} values of shape {x.shape}")
         if x.is_index and not layer_type.wants_index:
             raise self.fail(node, f"receives token ids of shape {x.shape}; start the network with one_hot or embedding")
         if layer_type.ranks is not None and len(x.shape) not in layer_type.ranks:
             raise self.fail(node, self._rank_message(node.kind, layer_type.ranks, x.shape))
+        args = self.arguments(node, layer_type, x)
+        self._refuse_future(node, args)
         try:
             with torch.device("meta"):
-                module = layer_type.build(node.args, x)
-        except (ValueError, RuntimeError, TypeError) as err:
-            raise self.fail(node, f"{err} (input {x.shape})") from None
+                module = layer_type.build(args, x)
+        except caught as err:
+            shown = f"{type(err).__name__}: {err}" if plugin else str(err)
+            raise self.fail(node, f"{shown} (input {x.shape}){from_plugin}") from None
+        if not isinstance(module, nn.Module):
+            raise self.fail(node, f"its builder returned {type(module).__name__}, not a torch module{from_plugin}")
         module.spec_kind = node.kind
         count = sum(p.numel() for p in module.parameters())
         self.params += count
         if self.params > MAX_PARAMETERS:
             raise self.fail(node, f"this layer has {count:,} parameters ({4 * count / 1e9:,.1f} GB as float32), taking the "
                                   f"network past the limit of {MAX_PARAMETERS:,}")
-        try:
-            probe = torch.empty((2, *x.shape), dtype=x.dtype, device="meta")  # (B=2, ...): BatchNorm needs B > 1
-            out = module.eval()(probe)
-        except (RuntimeError, ValueError, IndexError) as err:
-            message = str(err).strip().splitlines()[0]
-            raise self.fail(node, f"cannot take input of shape {x.shape}: {message}") from None
-        y = Signal(tuple(out.shape[1:]), out.dtype)
+        key = None if plugin else (node.kind, args.model_dump_json(), x)
+        y = _PROBED.get(key) if key else None
+        if y is None:
+            y = self._probe(node, module, x, probe_caught, from_plugin)
+            if key is not None and len(_PROBED) < _PROBE_CACHE:
+                _PROBED[key] = y
         if any(d == 0 for d in y.shape):
             raise self.fail(node, f"output shape {y.shape} has a zero-size axis: input {x.shape} is too small for it")
         if math.prod(y.shape) > MAX_VALUES_PER_SAMPLE:
             raise self.fail(node, f"output {y.shape} has {math.prod(y.shape):,} values per sample (limit {MAX_VALUES_PER_SAMPLE:,})")
         macs = layer_type.macs(module, x, y) if layer_type.macs else 0
-        self.rows.append(LayerInfo(node.where, node.kind, y.shape, count, macs, depth))
+        self.rows.append(LayerInfo(node.where, node.kind, y.shape, count, macs, depth, self._inputs(node)))
         return module, y
+
+    def _probe(self, node: LayerNode, module: nn.Module, x: Signal, caught: tuple[type[BaseException], ...],
+               from_plugin: str) -> Signal:
+        """The output signal of `module` on a meta tensor of `x` (PyTorch's own shape formulas)."""
+        try:
+            probe = torch.empty((2, *x.shape), dtype=x.dtype, device="meta")  # (B=2, ...): BatchNorm needs B > 1
+            out = module.eval()(probe)
+        except caught as err:
+            message = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise self.fail(node, f"cannot take input of shape {x.shape}: {message}{from_plugin}") from None
+        if not isinstance(out, torch.Tensor) or out.dim() < 2:
+            shown = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise self.fail(node, f"gives {shown} per sample; a layer gives a tensor with at least one axis per sample"
+                                  f"{from_plugin}")
+        return Signal(tuple(out.shape[1:]), out.dtype)
 
     @staticmethod
     def _rank_message(kind: str, ranks: tuple[int, ...], shape: tuple[int, ...]) -> str:
@@ -243,13 +479,16 @@ def infer(spec: Spec) -> Inferred:
     """Shape inference on the meta device: raises SpecError for any shape problem, allocates nothing."""
     builder = _Builder(spec)
     x = _input_signal(spec)
-    backbone = None
-    if spec.backbone_nodes:
-        backbone, x = builder.sequence(spec.backbone_nodes, x, 0)
-    body, y = builder.sequence(spec.nodes, x, 0)
+    nodes = [*spec.backbone_nodes, *spec.nodes]  # one list: the network may take from the backbone's named layers
+    modules, wires, y = builder.wired(nodes, x, 0)
     _check_output(spec, y)
+    k = len(spec.backbone_nodes)
+    backbone = nn.Sequential(*modules[:k]) if k else None
+    body = nn.Sequential(*modules[k:])
+    chain = all(w == (i,) for i, w in enumerate(wires))
     stateful = spec.task == "sequence" and spec.input.kind == "tokens"
-    return Inferred(SpecNet(spec.task, backbone, body, stateful, y.shape), builder.rows, y.shape)
+    net = SpecNet(spec.task, backbone, body, stateful, y.shape, None if chain else wires)
+    return Inferred(net, builder.rows, y.shape)
 
 
 def build(spec: Spec, device: torch.device | str = "cpu", seed: int | None = None) -> SpecNet:
@@ -271,7 +510,7 @@ def summary_table(spec: Spec, inferred: Inferred | None = None) -> str:
     header = ("layer", "type", "output", "params", "mult-adds")
     lines = [(f"input", spec.input.kind, str(spec.input.sample_shape()), "", "")]
     for r in inferred.rows:
-        lines.append(("  " * r.depth + r.path, r.kind, str(r.shape), f"{r.params:,}", f"{r.macs:,}" if r.macs else ""))
+        lines.append(("  " * r.depth + r.path + (f" ← {r.inputs}" if r.inputs else ""), r.kind, str(r.shape), f"{r.params:,}", f"{r.macs:,}" if r.macs else ""))
     total = ("total", "", str(inferred.output), f"{inferred.params:,}", f"{inferred.macs:,}")
     widths = [max(len(row[i]) for row in [header, *lines, total]) for i in range(5)]
 

@@ -30,7 +30,8 @@ def main() -> None:
         ranks = " or ".join(forms[r] for r in entry.ranks) if entry.ranks else ("token ids (T)" if entry.wants_index else "any")
         if entry.wants_index:
             ranks = "token ids (T)"
-        print(f"| `{name}` | {_args(entry.args)} | {ranks} | {entry.doc} |")
+        doc = " ".join(entry.doc.split()).replace("|", "\\|")  # one table row, whatever the docstring's lines
+        print(f"| `{name}` | {_args(entry.args)} | {ranks} | {doc} |")
 
 
 if __name__ == "__main__":

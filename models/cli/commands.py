@@ -31,3 +31,18 @@ def train_override_args(p: argparse.ArgumentParser) -> None:
     """Flags that change the spec's `train` section for this run (merged into the Spec: models.cli.overrides)."""
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="override train.precision")
+
+
+def plugin_args(p: argparse.ArgumentParser) -> None:
+    """`--plugin MODULE` (repeatable): layers from outside specserve (models/layers/plugins.py). A command that
+    reads specs adds this and calls `load_plugin_args(args)` before loading one."""
+    from models.layers.plugins import PLUGIN_HELP
+
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
+
+
+def load_plugin_args(args: argparse.Namespace) -> None:
+    """Import the `--plugin` modules and the installed `specserve.layers` entry points (PluginError if one fails)."""
+    from models.layers.plugins import load_plugins
+
+    load_plugins(getattr(args, "plugin", None) or [])

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from models.cli.commands import command, data_root_arg, train_override_args
+from models.cli.commands import command, data_root_arg, load_plugin_args, plugin_args, train_override_args
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -19,10 +19,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     train_override_args(p)
     data_root_arg(p)
+    plugin_args(p)
 
 
 @command("train", "train a spec; checkpoints, metrics.json and curves.png go to the run directory")(_add_train)
 def _train(args: argparse.Namespace) -> int:
+    load_plugin_args(args)  # a run's spec may name plugin layers: they must be registered first
     from models.spec.load import load_spec
     from models.spec.overrides import with_train_overrides
     from models.train.loop import TrainOptions, train
@@ -41,10 +43,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device")
     data_root_arg(p)
+    plugin_args(p)
 
 
 @command("evaluate", "evaluate a run's checkpoint on the held-out data")(_add_evaluate)
 def _evaluate(args: argparse.Namespace) -> int:
+    load_plugin_args(args)  # a run's spec may name plugin layers: they must be registered first
     from models.train.loop import evaluate_run
 
     metrics = evaluate_run(args.run, args.checkpoint, args.data_root, args.device)

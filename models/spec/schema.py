@@ -118,10 +118,17 @@ class InputSpec(Section):
         return (self.window,) if self.kind == "series" else (self.features,)
 
 
-class BlockDef(Section):
-    """A parameterized block: `$param` / `"$param[i]"` in its layers are replaced by the values at each use."""
+RESERVED_PARAMS = ("in_channels", "in_features", "in_height", "in_width", "in_shape",  # the input's shape
+                   "name", "as", "from")  # keys every use may carry
 
-    params: list[str] = Field(default_factory=list)
+
+class BlockDef(Section):
+    """A parameterized block: `$param`, `"$param[i]"` and expressions (`"$c * 6"`) in its layers take the values
+    given at each use; `defaults` are parameters a use may leave out, computed from the others and the shape of
+    the block's input (`{squeeze: "max(1, $in_channels // 4)"}`)."""
+
+    params: list[str] = Field(default_factory=list, description="parameters every use gives")
+    defaults: dict[str, Any] | None = Field(default=None, description="parameters with a default value or expression")
     layers: list[Any] = Field(min_length=1)
 
     @field_validator("params")
@@ -130,8 +137,22 @@ class BlockDef(Section):
         for p in v:
             if not p.isidentifier():
                 raise ValueError(f"parameter name '{p}' must be an identifier")
+            if p in RESERVED_PARAMS:
+                raise ValueError(f"parameter name '{p}' is reserved ({', '.join(RESERVED_PARAMS)})")
         if len(set(v)) != len(v):
             raise ValueError(f"parameter names repeat: {v}")
+        return v
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults(cls, v, info: ValidationInfo):
+        for p in v or {}:
+            if not p.isidentifier():
+                raise ValueError(f"parameter name '{p}' must be an identifier")
+            if p in RESERVED_PARAMS:
+                raise ValueError(f"parameter name '{p}' is reserved ({', '.join(RESERVED_PARAMS)})")
+            if p in (info.data.get("params") or []):
+                raise ValueError(f"'{p}' is both in params and in defaults; list it once")
         return v
 
 
@@ -140,7 +161,7 @@ class BackboneSpec(Section):
 
     spec: str = Field(description="path of the other spec, relative to this file")
     until: str = Field(description="name of the last layer of that spec's network to keep")
-    weights: str | None = Field(default=None, description="a run directory or .safetensors file of that spec")
+    weights: str | None = Field(default=None, description="a run directory of that spec, or a weights file (safetensors, or a torch state_dict such as torchvision's: mapped by order and shape)")
     freeze: bool = False
     lr_scale: float = Field(default=1.0, ge=0, le=1, description="learning-rate multiplier for backbone parameters")
 
@@ -206,7 +227,7 @@ class EarlyStopping(Section):
 class InitFrom(Section):
     """Start from another run's weights: every parameter whose name and shape match is loaded."""
 
-    weights: str = Field(description="a run directory or .safetensors file")
+    weights: str = Field(description="a run directory, or a weights file (safetensors or torch state_dict; a foreign layout is mapped by order and shape)")
     freeze: bool = Field(default=False, description="loaded parameters do not train")
     lr_scale: float = Field(default=1.0, ge=0, le=1, description="learning-rate multiplier for loaded parameters")
 
@@ -234,7 +255,24 @@ class ExportSpec(Section):
     opset: int = Field(default=18, ge=17, le=23)
     quantize: Literal["none", "dynamic", "static"] = "none"
     max_accuracy_drop: float = Field(default=0.01, ge=0, le=1, description="refuse an int8 model losing more than this")
-    parity_tolerance: float = Field(default=1e-4, gt=0, le=1)
+    require_int8_speedup: bool = Field(default=True, description="refuse an int8 model that is not faster than fp32 "
+                                                                 "at batch 1 and 64 on the exporting CPU")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax", description="static int8: how activation ranges are chosen from the calibration samples")
+    fp16: bool = Field(default=False, description="also export an fp16 graph for GPUs (inputs stay uint8/int64), "
+                                                   "proven against PyTorch at an fp16 tolerance")
+    parity_atol: float = Field(default=1e-4, gt=0, le=1, description="absolute part of the parity tolerance")
+    parity_rtol: float = Field(default=1e-3, ge=0, le=0.1,
+                               description="relative part: |onnx - torch| <= atol + rtol·|torch| per element")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_tolerance(cls, value: Any) -> Any:
+        """`parity_tolerance` (runs saved before parity_atol/parity_rtol existed) is the absolute part."""
+        if isinstance(value, dict) and "parity_tolerance" in value and "parity_atol" not in value:
+            value = {**value, "parity_atol": value["parity_tolerance"]}
+            del value["parity_tolerance"]
+        return value
 
 
 class DataSpec(BaseModel):

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from models.errors import Problem, format_path
-from models.spec.located_yaml import LocatedYaml, Path
+from models.errors import Location, Problem, format_path
+from models.spec.located_yaml import Path
+
+
+class Locates(Protocol):
+    def locate(self, path: Path, *, key: bool = False) -> Location: ...
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -52,13 +56,23 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def validation_problems(err: ValidationError, located: LocatedYaml, raw_prefix: Path = (),
+def validation_problems(err: ValidationError, located: Locates, raw_prefix: Path = (),
                         display_prefix: tuple[str | int, ...] | None = None,
                         model: type[BaseModel] | None = None) -> list[Problem]:
     """Map each pydantic error to a Problem at the YAML location of the offending value."""
     display_prefix = raw_prefix if display_prefix is None else display_prefix
     problems: list[Problem] = []
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    missing = {_clean_loc(tuple(e["loc"])) for e in errors if e["type"] == "missing"}
+    typos: set[tuple[str | int, ...]] = set()  # a missing field that an unknown key is a typo of: one problem, not two
+    for e in errors:
+        loc = _clean_loc(tuple(e["loc"]))
+        if e["type"] == "extra_forbidden" and loc:
+            known = [f for f in _fields_at(model, loc[:-1]) if f != loc[-1]]
+            for close in difflib.get_close_matches(str(loc[-1]), known, n=2, cutoff=0.5):
+                if loc[:-1] + (close,) in missing:
+                    typos.add(loc[:-1] + (close,))
+    for e in errors:
         loc = _clean_loc(tuple(e["loc"]))
         kind = e["type"]
         if kind == "extra_forbidden":
@@ -67,10 +81,13 @@ def validation_problems(err: ValidationError, located: LocatedYaml, raw_prefix: 
             close = difflib.get_close_matches(key, known, n=2, cutoff=0.5)
             message = f"unknown field '{key}'"
             if close:
-                message += f" (did you mean {' or '.join(close)}?)"
+                required = ": it is required" if any(loc[:-1] + (c,) in typos for c in close) else ""
+                message += f" (did you mean {' or '.join(close)}?{required})"
             if known:
                 message += f"; allowed: {', '.join(known)}"
         elif kind == "missing":
+            if loc in typos:
+                continue
             message = "missing required field"
         elif kind == "value_error":
             message = str(e["msg"]).removeprefix("Value error, ")

@@ -11,7 +11,7 @@ with a vocabulary, at any rank, which a spec could only feed at rank 1.
 
 Arguments: fields with defaults keep them; required fields get the first small value of their type (2, (2, 2),
 [-1], 2.0, the first Literal, ...) with which the layer validates, builds and gives a non-empty output. A layer
-needing something else can be given it in ARG_OVERRIDES.
+needing something else can be given it in ARG_OVERRIDES (or RANK_OVERRIDES, per input rank).
 
 Export mirrors models/export/onnx_graph.py: the exporters are tried in `exporter_order(module)` (dynamo first,
 TorchScript first for recurrent layers), batch axis dynamic, and a candidate is accepted when it exports and matches
@@ -44,8 +44,13 @@ OPSET = 18
 RTOL, ATOL = 1e-4, 1e-5
 MAX_ARG_TRIES = 256
 
-# name → arguments for a layer whose first small valid values (see `_candidates`) do not build; none needed today
+# name → arguments for a layer whose first small valid values (see `_candidates`) do not build
 ARG_OVERRIDES: dict[str, dict[str, typing.Any]] = {}
+# (name, rank) → arguments, for a layer whose valid arguments depend on the input's rank
+RANK_OVERRIDES: dict[tuple[str, int], dict[str, typing.Any]] = {
+    ("permute", 2): {"dims": [1, 0]},  # a permutation of the input's axes: as many as it has
+    ("permute", 3): {"dims": [1, 2, 0]},
+}
 
 
 # ------------------------------------------------------------------------------------------------ the cases
@@ -130,7 +135,7 @@ def _meta_build(layer: LayerType, args: BaseModel, signal: Signal) -> tuple[torc
 def _minimal_args(layer: LayerType, signal: Signal) -> BaseModel:
     fields = {k: f for k, f in layer.args.model_fields.items() if k != "name"}
     required = [k for k, f in fields.items() if f.is_required()]
-    fixed = dict(ARG_OVERRIDES.get(layer.name, {}))
+    fixed = {**ARG_OVERRIDES.get(layer.name, {}), **RANK_OVERRIDES.get((layer.name, len(signal.shape)), {})}
     free = [k for k in required if k not in fixed]
     problems: list[str] = []
     for values in itertools.islice(itertools.product(*(_field_candidates(fields[k]) for k in free)), MAX_ARG_TRIES):
