@@ -6,6 +6,7 @@ it. Inside the version directory:
 
     model.onnx          the served graph (card in its metadata_props)
     model.int8.onnx     optional quantized graph (same card)
+    model.fp16.onnx     optional fp16 graph for GPUs (same card), with parity.fp16.json, its own proof
     parity.json         the parity proof for model.onnx (its sha256 must match)
     quant.json          optional int8 vs fp32 report
     manifest.json       sha256 and size of every file above
@@ -41,10 +42,12 @@ from models.errors import SpecserveError
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+FP16_FILE = "model.fp16.onnx"
+FP16_PARITY_FILE = "parity.fp16.json"
 MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
 QUANT_FILE = "quant.json"
-_RESERVED = {MANIFEST_FILE, PARITY_FILE, QUANT_FILE, "model.yaml"}
+_RESERVED = {MANIFEST_FILE, PARITY_FILE, QUANT_FILE, FP16_PARITY_FILE, "model.yaml"}
 _FORMAT = 1
 
 
@@ -69,6 +72,12 @@ class StoredModel:
     int8_path: Path | None
     parity: dict[str, Any]
     quant: dict[str, Any] | None
+    fp16_path: Path | None = None
+
+    @property
+    def quantized_for(self) -> str | None:
+        """The CPU level the int8 graph was quantized and timed on (models/artifact/isa.py), if recorded."""
+        return (self.quant or {}).get("isa")
 
 
 def _sha256(path: Path) -> str:
@@ -139,24 +148,32 @@ def _check_files(name: str, files: Mapping[str, Path]) -> dict[str, Path]:
 
 
 def save_to_store(name: str, files: Mapping[str, str | Path], card: ModelCard, parity_report: Report,
-                  quant_report: Report | None = None) -> str:
+                  quant_report: Report | None = None, fp16_parity_report: Report | None = None) -> str:
     """Store a proven export as a new version of `name`; returns the tag "name:version".
 
     Refuses (StoreError) unless model.onnx (and model.int8.onnx, if given) carry exactly `card` and agree
     with it, and `parity_report` is a passed proof of this very model.onnx (same sha256).
     """
     sources = _check_files(name, {k: Path(v) for k, v in files.items()})
-    for fname in (ONNX_FILE, INT8_FILE):
+    for fname in (ONNX_FILE, INT8_FILE, FP16_FILE):
         if fname in sources:
             _check_graph_card(f"cannot save {name}", sources[fname], card)
     parity = parity_report.to_dict()
     if not parity.get("passed") or parity.get("sha256") != _sha256(sources[ONNX_FILE]):
         raise StoreError(f"cannot save {name}: the parity report is not a passed proof of this {ONNX_FILE}")
+    fp16_parity = fp16_parity_report.to_dict() if fp16_parity_report is not None else None
+    if (fp16_parity is None) != (FP16_FILE not in sources):
+        raise StoreError(f"cannot save {name}: {FP16_FILE} and its parity report go together")
+    if fp16_parity is not None and (not fp16_parity.get("passed") or
+                                    fp16_parity.get("sha256") != _sha256(sources[FP16_FILE])):
+        raise StoreError(f"cannot save {name}: the fp16 parity report is not a passed proof of this {FP16_FILE}")
     quant = quant_report.to_dict() if quant_report is not None else None
     if (quant is None) != (INT8_FILE not in sources):
         raise StoreError(f"cannot save {name}: {INT8_FILE} and a quant report go together")
 
     reports = {PARITY_FILE: json.dumps(parity, indent=2).encode()}
+    if fp16_parity is not None:
+        reports[FP16_PARITY_FILE] = json.dumps(fp16_parity, indent=2).encode()
     if quant is not None:
         reports[QUANT_FILE] = json.dumps(quant, indent=2).encode()
     digests = {**{f: _sha256(src) for f, src in sources.items()},
@@ -272,5 +289,12 @@ def verify_stored(bento_model: bentoml.Model) -> StoredModel:
     if not isinstance(parity, dict) or not parity.get("passed") or parity.get("sha256") != digests[ONNX_FILE]:
         raise StoreError(f"stored model {tag}: {PARITY_FILE} is not a passed proof of this {ONNX_FILE}")
     quant = _read_json(tag, root / QUANT_FILE) if int8 is not None else None
+    fp16 = root / FP16_FILE if FP16_FILE in digests else None
+    if fp16 is not None:
+        if _verified_card(tag, root, FP16_FILE, metadata) != card:
+            raise StoreError(f"stored model {tag}: {FP16_FILE} carries a different card than {ONNX_FILE}")
+        proof = _read_json(tag, root / FP16_PARITY_FILE)
+        if not isinstance(proof, dict) or not proof.get("passed") or proof.get("sha256") != digests[FP16_FILE]:
+            raise StoreError(f"stored model {tag}: {FP16_PARITY_FILE} is not a passed proof of this {FP16_FILE}")
     return StoredModel(tag=tag, path=root, card=card, onnx_path=root / ONNX_FILE, int8_path=int8,
-                       parity=parity, quant=quant)
+                       parity=parity, quant=quant, fp16_path=fp16)

@@ -1,7 +1,7 @@
 """PyTorch net → ONNX file that serving can run as-is: client-facing inputs, the card inside, portable graph.
 
-What the graph computes (the *graph module*) is decided here once, and the parity check (models/parity.py)
-compares the ONNX file against exactly that module:
+What the graph computes (the *graph module*) is decided here once, and the parity check (models/export/parity.py)
+compares the ONNX file against exactly that module (models/export/parity.py):
 
 * images: the graph input is raw ``pixels`` uint8 (B,H,W,C); the graph scales by 1/255, normalizes with the
   card's mean/std and transposes to NCHW itself, so clients send pixels and normalization can never drift
@@ -42,10 +42,10 @@ from models.artifact.card import (CARD_KEY, SPEC_HASH_KEY, TASK_KEY, CardError, 
                          TokenInput, validate_card)
 from models.artifact.runtime import CPU, make_session, session_options
 from models.errors import SpecserveError
+from models.export.tolerance import Tolerance
 
 Exporter = Literal["dynamo", "torchscript"]
 EXPORTERS: tuple[Exporter, ...] = ("dynamo", "torchscript")
-DEFAULT_ATOL = 1e-4
 
 
 class ExportError(SpecserveError, RuntimeError):
@@ -237,16 +237,20 @@ def _grown(args: tuple[torch.Tensor, ...], tokens: bool) -> tuple[torch.Tensor, 
 
 
 def _smoke_check(path: Path, module: nn.Module, card: ModelCard, args: tuple[torch.Tensor, ...],
-                 atol: float) -> None:
-    """Raise CardError/ExportError unless the graph matches the card and agrees with `module` on `args`."""
+                 tolerance: Tolerance) -> None:
+    """Raise CardError/ExportError unless the graph matches the card and agrees with `module` on `args`
+    within `tolerance` (the same one the parity proof applies)."""
     validate_card(card, onnx.load(str(path)))
     session = make_session(path, threads=1, providers=(CPU,))
     for feed in (args, _grown(args, isinstance(card.input, TokenInput))):
         arrays = [a.numpy() for a in feed]
-        pairs = zip(run_onnx(session, card, arrays), run_torch(module, arrays))
-        worst = max(float(np.max(np.abs(got - want))) for got, want in pairs)
-        if worst > atol:
-            raise ExportError(f"batch {arrays[0].shape[0]}: max |onnx - torch| {worst:.3g} > {atol:g}")
+        for name, got, want in zip(card.io.graph_outputs, run_onnx(session, card, arrays), run_torch(module, arrays)):
+            excess = tolerance.excess(got, want)
+            if excess.size and float(excess.max()) > 1:
+                worst = np.unravel_index(int(excess.argmax()), excess.shape)
+                raise ExportError(f"batch {arrays[0].shape[0]} output '{name}': |onnx - torch| "
+                                  f"{abs(float(got[worst]) - float(want[worst])):.3g} at torch value "
+                                  f"{float(want[worst]):.4g} exceeds {tolerance}")
 
 
 def _write_metadata(path: Path, card: ModelCard) -> None:
@@ -277,9 +281,26 @@ def optimize_offline(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+PRECISION_KEY = "specserve.precision"
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """An fp16 copy of a float32 graph for GPUs: weights and float math in fp16, the graph's inputs and outputs
+    as they were (uint8 pixels / int64 tokens in, float32 scores out), the card kept. onnxruntime's converter keeps
+    the ops it knows to be unsafe in fp16 (e.g. Resize on some providers) in float32 behind casts."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    half = convert_float_to_float16(model, keep_io_types=True)
+    onnx.helper.set_model_props(half, {**props, PRECISION_KEY: "fp16"})
+    onnx.save(half, str(dst))
+
+
 def export_net(net: nn.Module, card: ModelCard, out_dir: str | Path, *, example_inputs: torch.Tensor | np.ndarray,
                opset: int = 18, pixel_input: bool = True, exporter: Exporter | Literal["auto"] = "auto",
-               optimize: bool = True, filename: str = "model.onnx", atol: float = DEFAULT_ATOL) -> ExportResult:
+               optimize: bool = True, filename: str = "model.onnx",
+               tolerance: Tolerance = Tolerance()) -> ExportResult:
     """Export `net` to `out_dir/filename` with the card (plus io names, opset, exporter) in its metadata.
 
     example_inputs: a few real client-side samples (uint8 (B,H,W,C) pixels for images, int64 (B,T) tokens,
@@ -306,7 +327,7 @@ def export_net(net: nn.Module, card: ModelCard, out_dir: str | Path, *, example_
             raw = Path(tmp) / f"{name}.onnx"
             try:
                 _run_exporter(name, module, args, cards[name], raw, opset)
-                _smoke_check(raw, module, cards[name], args, atol)
+                _smoke_check(raw, module, cards[name], args, tolerance)
             except (CardError, ExportError) as e:
                 rejected[name] = str(e)
                 continue

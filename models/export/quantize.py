@@ -1,4 +1,4 @@
-"""int8 quantization of an exported graph, accepted only if it keeps the task metric.
+"""int8 quantization of an exported graph, kept only if it is faster than fp32 and keeps the task metric.
 
 * CNNs (any Conv/ConvTranspose in the graph): static QDQ quantization calibrated on real samples, uint8
   activations and per-channel 7-bit int8 weights (`_STATIC` says why, with the measurements). Dynamic
@@ -7,14 +7,17 @@
   are quantized on the fly, so no calibration set is needed.
 
 The int8 model is measured against fp32 in the same call (file size, latency at batch 1 and 64 with the two
-models timed alternately, the task metric on labelled samples). If the metric drops by more than `max_drop`
-the int8 model is refused: ExportError, and nothing is written at `out_path`.
+models timed alternately, the task metric on labelled samples). If the metric drops by more than `max_drop`, or
+(unless the spec says `require_int8_speedup: false`) int8 is not faster than fp32 at batch 1 and at batch 64,
+the int8 model is refused: QuantRefused (an ExportError) with the measured figures, and nothing is written at
+`out_path`.
 
-How much int8 buys depends on the CPU: without VNNI (AVX2 only, as on the machine this project runs on) the
-u8×s8 kernels do about twice the multiply-adds per cycle of fp32 FMA, so ResNet-18 runs ~2.1× faster, not the
-3.5–4.7× seen with VNNI. The smaller the convolutions, the more quantizing and requantizing eat the gain
-(measured, 1 thread): a 3-convolution 32/64-channel CNN is 0.97× at batch 1 and 1.24× at batch 64, LeNet
-(6 and 16 channels) is slower in int8 (0.3–0.5×).
+How much int8 buys depends on the CPU that runs it (models/artifact/isa.py, recorded in the report and in the
+int8 graph's metadata): without VNNI (AVX2, AVX-512F) the u8×s8 kernels do about twice the multiply-adds per
+cycle of fp32 FMA, so ResNet-18 runs ~2.1× faster; with AVX-512 VNNI / AVX-VNNI / AMX, 3.3–3.75×. The smaller
+the convolutions, the more quantizing and requantizing eat the gain (measured on AVX2, 1 thread): a
+3-convolution 32/64-channel CNN is 0.97× at batch 1 and 1.24× at batch 64, LeNet (6 and 16 channels) is slower
+in int8 (0.3–0.5×) — and is therefore refused.
 """
 from __future__ import annotations
 
@@ -36,10 +39,15 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from models.artifact.card import ModelCard, read_card
 from models.export.onnx_graph import ExportError, graph_feeds, run_onnx
 from models.export.parity import Score, task_score
+from models.artifact.isa import cpu_isa, full_range_weights
 from models.artifact.runtime import make_session
 
 Method = Literal["static", "dynamic"]
+Calibration = Literal["minmax", "entropy", "percentile"]
 QUANT_KEY = "specserve.quantization"
+ISA_KEY = "specserve.quantized_for"  # the CPU level whose kernels the settings were chosen for
+_CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}
 
 # quantize_static settings, chosen by measurement on this project's CPU (AMD EPYC, AVX2, no VNNI; onnxruntime
 # 1.31 CPU provider, graph optimization ALL, 1 thread; thread CPU time, fp32 and every variant interleaved).
@@ -62,15 +70,16 @@ QUANT_KEY = "specserve.quantization"
 # * int8 weights per channel: as fast as per tensor, and safer: batch norm folded into a convolution gives its
 #   channels very different ranges, and one scale per tensor is set by the widest. 7-bit (reduce_range): as
 #   fast, and needed without VNNI, where u8×s8 pairs are summed in saturating int16 (full 8-bit weights lost
-#   0.6 points on fashion-cnn).
+#   0.6 points on fashion-cnn). With VNNI (or AMX, ARM dot product) sums are 32-bit and full 8-bit weights
+#   are exact: reduce_range follows the CPU that quantizes (models/artifact/isa.py).
 # * QDQ rather than QOperator: onnxruntime runs the very same QLinear* graph for both, and QDQ is the format
 #   other providers (CUDA, TensorRT) read. ActivationSymmetric keeps every Relu as a separate op: slower.
 # * quant_pre_process (shape inference + optimization) first: the optimized graph is identical with or without
 #   it, but it is the input the quantizer documents, and shapes help it place per-channel axes.
 # QLinearConv is ~88% of the int8 ResNet-18's time, so no setting here gets past the kernel's ~2.2×.
 _STATIC = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-               per_channel=True, calibrate_method=CalibrationMethod.MinMax)
-_METHOD_NAMES = {"static": "static QDQ, uint8 activations, per-channel int8 weights (MinMax calibration)",
+               per_channel=True)
+_METHOD_NAMES = {"static": "static QDQ, uint8 activations, per-channel int8 weights ({} calibration)",
                  "dynamic": "dynamic, int8 MatMul/Gemm weights"}
 _EVAL_BATCH = 64
 
@@ -94,10 +103,23 @@ class QuantReport:
     calibration_samples: int
     threads: int | None
     providers: list[str]
+    isa: str = "unknown"  # the CPU level it was quantized and timed on (models/artifact/isa.py)
+    require_speedup: bool = False  # False in reports written before the speed rule existed
+
+    @property
+    def faster(self) -> bool:
+        return all(self.speedup(int(b)) > 1 for b in self.latency_ms["int8"])
 
     @property
     def accepted(self) -> bool:
-        return self.drop <= self.max_drop
+        return self.drop <= self.max_drop and (self.faster or not self.require_speedup)
+
+    def verdict(self) -> str:
+        if self.drop > self.max_drop:
+            return f"REFUSED (drop {self.drop:.4f} > max {self.max_drop:.4f})"
+        if self.require_speedup and not self.faster:
+            return f"REFUSED (slower than fp32 on this {self.isa} CPU)"
+        return "accepted"
 
     def speedup(self, batch: int) -> float:
         return self.latency_ms["fp32"][str(batch)] / self.latency_ms["int8"][str(batch)]
@@ -105,8 +127,8 @@ class QuantReport:
     def summary(self) -> str:
         speed = ", ".join(f"batch {b}: {self.latency_ms['fp32'][b]:.2f} → {self.latency_ms['int8'][b]:.2f} ms "
                           f"({self.speedup(int(b)):.2f}×)" for b in self.latency_ms["fp32"])
-        verdict = "accepted" if self.accepted else f"REFUSED (drop {self.drop:.4f} > max {self.max_drop:.4f})"
-        return (f"int8 {verdict}: {self.method}; {self.metric} {self.fp32_score:.4f} → {self.int8_score:.4f} on "
+        return (f"int8 {self.verdict()}: {self.method}, {'8' if not self.reduce_range else '7'}-bit weights for {self.isa}; "
+                f"{self.metric} {self.fp32_score:.4f} → {self.int8_score:.4f} on "
                 f"{self.eval_samples} samples; size {self.fp32_bytes / 1024:.0f} → {self.int8_bytes / 1024:.0f} KiB; "
                 f"{speed}")
 
@@ -171,27 +193,29 @@ def _drop(fp32: Score, int8: Score) -> float:
 
 
 def _quantize_file(src: Path, dst: Path, method: Method, session: ort.InferenceSession, card: ModelCard,
-                   calibration: np.ndarray | None, reduce_range: bool) -> None:
+                   calibration: np.ndarray | None, reduce_range: bool, calibrate: Calibration) -> None:
     pre = dst.with_name("pre.onnx")
     quant_pre_process(str(src), str(pre))  # shape inference + BASIC optimization, as the quantizer expects
     if method == "static":
         assert calibration is not None
         quantize_static(str(pre), str(dst), _Calibration(session, card, calibration), reduce_range=reduce_range,
-                        **_STATIC)
+                        calibrate_method=_CALIBRATION[calibrate], **_STATIC)
     else:
         quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                          reduce_range=reduce_range)
 
 
-def _copy_metadata(src: onnx.ModelProto, dst: Path, method: Method) -> None:
-    """The quantizer drops metadata_props; the int8 file must carry the same card as its fp32 source."""
+def _copy_metadata(src: onnx.ModelProto, dst: Path, method: Method, isa: str) -> None:
+    """The quantizer drops metadata_props; the int8 file must carry the same card as its fp32 source, plus how
+    and for which CPU level it was quantized."""
     model = onnx.load(str(dst))
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in src.metadata_props}, QUANT_KEY: method})
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in src.metadata_props}, QUANT_KEY: method,
+                                        ISA_KEY: isa})
     onnx.save(model, str(dst))
 
 
 class QuantRefused(ExportError):
-    """The int8 model lost too much; `report` holds the measurements."""
+    """The int8 model lost too much, or is not faster; `report` holds the measurements."""
 
     def __init__(self, report: QuantReport):
         super().__init__(report.summary())
@@ -200,16 +224,20 @@ class QuantRefused(ExportError):
 
 def quantize(onnx_path: str | Path, out_path: str | Path, *, eval_inputs: np.ndarray, eval_labels: np.ndarray,
              max_drop: float, calibration: np.ndarray | None = None, method: Method | Literal["auto"] = "auto",
-             threads: int | None = None, latency_runs: int = 20, reduce_range: bool = True) -> QuantReport:
+             threads: int | None = None, latency_runs: int = 20, reduce_range: bool | None = None,
+             calibrate: Calibration = "minmax", require_speedup: bool = True) -> QuantReport:
     """Quantize `onnx_path` to `out_path` and return the comparison; refuse when the metric drops too much.
 
     eval_inputs/eval_labels: labelled client-side samples (as for check_parity) for the metric and latency.
     calibration: real client-side samples for static quantization (a few hundred are plenty).
     max_drop: the largest acceptable drop (see QuantReport), from the spec.
-    reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2, AVX-512F) multiply u8×s8 pairs into saturating
-    16-bit sums, which wrecks full-range int8 weights (measured here: a dynamic-int8 MLP's RMSE doubled;
-    with 7-bit weights it matched fp32). The file may be served on such a CPU, so this is on by default;
-    it costs no speed.
+    reduce_range: 7-bit weights; None = chosen by this CPU (models/artifact/isa.py): x86 CPUs without VNNI (AVX2,
+    AVX-512F) multiply u8×s8 pairs into saturating 16-bit sums, which wrecks full-range int8 weights (measured
+    on AVX2: a dynamic-int8 MLP's RMSE doubled; with 7-bit weights it matched fp32); VNNI/AMX/ARM dot-product
+    CPUs sum exactly, and full 8-bit weights are more accurate there. The graph is then for CPUs of that kind:
+    serving on another kind logs a warning.
+    calibrate: how static quantization picks activation ranges (MinMax, Entropy or Percentile).
+    require_speedup: refuse an int8 graph that is not faster than fp32 at batch 1 and at batch 64.
     Raises ExportError when refused or when static quantization has no calibration data.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
@@ -219,26 +247,30 @@ def quantize(onnx_path: str | Path, out_path: str | Path, *, eval_inputs: np.nda
     if chosen == "static" and (calibration is None or len(calibration) == 0):
         raise ExportError(f"{onnx_path.name}: static quantization needs calibration samples")
     eval_inputs, eval_labels = np.asarray(eval_inputs), np.asarray(eval_labels)
+    isa = cpu_isa()
+    if reduce_range is None:
+        reduce_range = not full_range_weights(isa)
     fp32 = make_session(onnx_path, threads)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="specserve-quant-", dir=out_path.parent) as tmp:
         candidate = Path(tmp) / out_path.name
-        _quantize_file(onnx_path, candidate, chosen, fp32, card, calibration, reduce_range)
-        _copy_metadata(fp32_model, candidate, chosen)
+        _quantize_file(onnx_path, candidate, chosen, fp32, card, calibration, reduce_range, calibrate)
+        _copy_metadata(fp32_model, candidate, chosen, isa)
         int8 = make_session(candidate, threads)
         scores = {name: task_score(card, _outputs(s, card, eval_inputs), eval_labels)
                   for name, s in (("fp32", fp32), ("int8", int8))}
         per_batch = {b: _latencies_ms({"fp32": fp32, "int8": int8}, card, eval_inputs, b, latency_runs)
                      for b in (1, 64)}
         latency = {name: {str(b): ms[name] for b, ms in per_batch.items()} for name in ("fp32", "int8")}
-        report = QuantReport(method=_METHOD_NAMES[chosen], reduce_range=reduce_range,
+        report = QuantReport(method=_METHOD_NAMES[chosen].format(calibrate), reduce_range=reduce_range,
                              fp32_bytes=onnx_path.stat().st_size, int8_bytes=candidate.stat().st_size,
                              latency_ms=latency, metric=scores["fp32"].metric, fp32_score=scores["fp32"].value,
                              int8_score=scores["int8"].value, drop=_drop(scores["fp32"], scores["int8"]),
                              max_drop=max_drop, eval_samples=len(eval_inputs),
                              calibration_samples=len(calibration) if chosen == "static" and calibration is not None else 0,
-                             threads=threads, providers=list(int8.get_providers()))
+                             threads=threads, providers=list(int8.get_providers()), isa=isa,
+                             require_speedup=require_speedup)
         if not report.accepted:
             raise QuantRefused(report)
         candidate.replace(out_path)

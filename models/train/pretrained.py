@@ -11,7 +11,8 @@ from torch import nn
 from models.build import SpecNet
 from models.errors import SpecserveError
 from models.spec.schema import Spec
-from models.train.checkpoint import CheckpointError, load_weights_file, read_pointer
+from models.train.checkpoint import CheckpointError, read_pointer
+from models.train.weights_import import import_weights, read_weights
 
 
 class PretrainedError(SpecserveError):
@@ -19,7 +20,7 @@ class PretrainedError(SpecserveError):
 
 
 def resolve_weights(source: str | Path) -> Path:
-    """A run directory (its best, else last, checkpoint) or a .safetensors file."""
+    """A run directory (its best, else last, checkpoint), or a weights file (safetensors or torch state_dict)."""
     path = Path(source)
     if path.is_dir():
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -30,24 +31,30 @@ def resolve_weights(source: str | Path) -> Path:
                 continue
         raise PretrainedError(f"{path}: no checkpoint found (expected checkpoints/best.json or last.json)")
     if not path.is_file():
-        raise PretrainedError(f"{path}: weights not found (give a run directory or a .safetensors file)")
+        raise PretrainedError(f"{path}: weights not found (give a run directory, a .safetensors file or a torch "
+                              f"state_dict)")
     return path
 
 
-def load_pretrained(net: nn.Module, source: str | Path, rename: Callable[[str], str | None]) -> set[str]:
-    """Copy every tensor whose (renamed) name and shape match into `net`; returns the names loaded."""
-    weights = load_weights_file(resolve_weights(source))
+def load_pretrained(net: nn.Module, source: str | Path, rename: Callable[[str], str | None],
+                    prefix: str = "") -> set[str]:
+    """Copy weights into `net`; returns the names loaded. A specserve checkpoint matches by (renamed) name and
+    shape; a file from elsewhere (e.g. a torchvision state_dict) is mapped by order and shape under `prefix`
+    (models/train/weights_import.py)."""
+    path = resolve_weights(source)
+    weights = read_weights(path)
     own = net.state_dict()
-    loaded: set[str] = set()
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            target = rename(name)
-            if target in own and own[target].shape == tensor.shape:
+    exact = {}
+    for name, tensor in weights.items():
+        target = rename(name)
+        if target in own and own[target].shape == tensor.shape:
+            exact[target] = tensor
+    if exact:
+        with torch.no_grad():
+            for target, tensor in exact.items():
                 own[target].copy_(tensor)
-                loaded.add(target)
-    if not loaded:
-        raise PretrainedError(f"{source}: no tensor matches this network by name and shape")
-    return loaded
+        return set(exact)
+    return set(import_weights(net, path, prefix=prefix).matched.values())
 
 
 def apply_pretrained(net: SpecNet, spec: Spec) -> dict[str, float]:
@@ -65,7 +72,7 @@ def apply_pretrained(net: SpecNet, spec: Spec) -> dict[str, float]:
             return None
 
         if spec.backbone.weights:
-            load_pretrained(net, spec.backbone.weights, to_backbone)
+            load_pretrained(net, spec.backbone.weights, to_backbone, prefix="backbone.")
         for n in backbone_names:
             scales[n] = spec.backbone.lr_scale
             if spec.backbone.freeze:

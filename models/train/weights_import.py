@@ -1,0 +1,122 @@
+"""Weights trained elsewhere, mapped onto a spec's network by name and shape.
+
+A weights file is a safetensors file or a torch state_dict (`.pt`/`.pth`/`.bin`, unpickled with weights_only=True,
+so it can hold tensors only, never code). Tensors are matched to the network's state_dict in two passes:
+
+1. by exact name and shape (a file written by specserve itself);
+2. the rest in order: walking both lists, a file tensor goes to the next unmatched network tensor with the same
+   shape and the same kind (the last name part: weight, bias, running_mean, ...). A spec written in the layout of
+   another library — torchvision's ResNet (conv1, bn1, layer1.0.conv1, ..., fc) as conv/batchnorm/residual
+   entries in the same order — thus imports its state_dict, whatever the names.
+
+The report lists every tensor matched (file name → network name), missing (network tensors no file tensor fed) and
+unexpected (file tensors left over), so a partial import is never silent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from models.errors import SpecserveError
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+class WeightsError(SpecserveError):
+    """A weights file that cannot be read or does not fit the network; the message names the file."""
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a torch state_dict (weights_only=True), by name, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.suffix in TORCH_SUFFIXES:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a refused or broken pickle raises many types
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise WeightsError(f"{path}: not a torch state_dict of tensors ({first})") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]  # checkpoints that wrap the state_dict (Lightning, timm training)
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise WeightsError(f"{path}: expected a mapping of names to tensors (a state_dict)")
+        return {str(k): v for k, v in loaded.items()}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({err}); torch files end in "
+                           f"{', '.join(TORCH_SUFFIXES)}") from None
+
+
+@dataclass
+class ImportReport:
+    source: str
+    matched: dict[str, str] = field(default_factory=dict)  # file name → network name
+    missing: list[str] = field(default_factory=list)  # network tensors left as they were
+    unexpected: list[str] = field(default_factory=list)  # file tensors not used
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def summary(self) -> str:
+        renamed = sum(1 for a, b in self.matched.items() if a != b)
+        line = f"{self.source}: {len(self.matched)} tensors loaded ({renamed} by order and shape)"
+        if self.missing:
+            line += f", {len(self.missing)} missing ({', '.join(self.missing[:4])}{', ...' if len(self.missing) > 4 else ''})"
+        if self.unexpected:
+            line += (f", {len(self.unexpected)} unexpected ({', '.join(self.unexpected[:4])}"
+                     f"{', ...' if len(self.unexpected) > 4 else ''})")
+        return line
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "complete": self.complete, "matched": self.matched, "missing": self.missing,
+                "unexpected": self.unexpected}
+
+
+def _kind(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def map_weights(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, str]:
+    """file name → target name: exact name and shape first, then in order by shape and kind (module docstring)."""
+    mapping = {name: name for name, t in source.items() if name in target and target[name].shape == t.shape}
+    taken = set(mapping.values())
+    pending = [n for n in target if n not in taken]  # network order
+    cursor = 0
+    for name, tensor in source.items():
+        if name in mapping:
+            continue
+        for i in range(cursor, len(pending)):
+            candidate = pending[i]
+            if target[candidate].shape == tensor.shape and _kind(candidate) == _kind(name):
+                mapping[name] = candidate
+                cursor = i + 1  # order is kept: later file tensors map to later network tensors
+                break
+    return mapping
+
+
+def import_weights(net: nn.Module, path: str | Path, *, prefix: str = "", strict: bool = False) -> ImportReport:
+    """Copy the file's tensors into `net` (only under `prefix`, e.g. "backbone." — names in the file are then
+    relative to it). strict: every tensor of that part of the network must be fed and every file tensor used."""
+    weights = read_weights(path)
+    own = {n: t for n, t in net.state_dict().items() if n.startswith(prefix)}
+    relative = {n[len(prefix):]: t for n, t in own.items()}
+    mapping = map_weights(weights, relative)
+    report = ImportReport(str(path), matched={k: prefix + v for k, v in mapping.items()},
+                          missing=[prefix + n for n in relative if n not in set(mapping.values())],
+                          unexpected=[n for n in weights if n not in mapping])
+    if not mapping:
+        raise WeightsError(f"{path}: no tensor fits this network by name or by order and shape")
+    if strict and not report.complete:
+        raise WeightsError(report.summary())
+    with torch.no_grad():
+        for name, target in mapping.items():
+            own[prefix + target].copy_(weights[name])
+    return report
