@@ -11,6 +11,7 @@ one into the next; each script writes its own section of BENCHMARKS.md, `<!-- NA
     train      train_throughput.py  trainer vs hand-written loop, samples/s          section train_throughput
     cuda       train_cuda.py        GPU: fp32/bf16/fp16, channels-last, compile     section train_cuda
     inference  inference.py         onnxruntime vs torch, export vs plain, int8     section inference
+    data       data_pipeline.py     file datasets vs ImageFolder + DataLoader       section data_pipeline
     serve      serve_load.py        BentoML service vs plain Starlette under load   section serve_load
     soak       soak.py              classify + segment for 2 × 60 s: errors, RSS   section soak
     course     course_table.py      the course's results table (trains rows without a finished run; long)
@@ -32,11 +33,13 @@ from benchmarks.common import BENCHMARKS_MD, ROOT, update_header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUBSETS: dict[str, str] = {"train": "train_throughput.py", "cuda": "train_cuda.py", "inference": "inference.py",
+                           "data": "data_pipeline.py",
                            "serve": "serve_load.py", "soak": "soak.py", "course": "course_table.py"}
 # --quick: enough to see every table filled, not enough to trust a ratio
 QUICK_ARGS: dict[str, list[str]] = {"train": ["--rounds", "2", "--epochs", "2"],
                                     "cuda": ["--rounds", "1", "--epochs", "2", "--steps", "20"],
                                     "inference": ["--rounds", "2", "--eval-samples", "2000"],
+                                    "data": ["--sizes", "500", "--rounds", "1", "--batch", "32", "--train-steps", "12"],
                                     "serve": ["--seconds", "3", "--warmup", "1", "--levels", "1,8"],
                                     "soak": ["--seconds", "5", "--concurrency", "8", "--warmup", "1"],
                                     "course": ["--table-only"]}

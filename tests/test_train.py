@@ -308,3 +308,108 @@ def test_outputs_that_do_not_fit_the_data_are_refused_before_the_first_step(tmp_
     assert f"{spec_path}:5:20 network[1].linear: the network outputs 1000 class scores" in message
     assert "dataset image_folder at" in message and "photos has 2 classes" in message
     assert not (tmp_path / "run" / "checkpoints" / "last.json").exists()
+
+
+# ------------------------------------------------------------------ file datasets streamed by workers (models.data.files)
+STREAMED_SPEC = """
+name: streamed
+task: classification
+input: {channels: 1, size: [8, 8], mean: [0.5], std: [0.3]}
+network: [conv2d: {out: 4, kernel: 3, padding: 1}, relu, flatten, linear: {out: 3}]
+data: {dataset: image_folder, root: photos, channels: 1, cache: CACHE, workers: 1, batch_size: 4, augment: [hflip]}
+train: {epochs: EPOCHS, optimizer: {sgd: {lr: 0.05, momentum: 0.9}}, seed: 5}
+"""
+
+
+def _learnable_folders(root: Path, per_class: int) -> Path:
+    """3 classes told apart by brightness, 8x8 gray PNGs with noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in range(3):
+        folder = root / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(40 + 80 * c, 30, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_streamed_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    """The resume test above, on image files decoded by a DataLoader worker every epoch (cache: none)."""
+    _learnable_folders(tmp_path / "photos", 200)
+    spec_path = write_spec(tmp_path, STREAMED_SPEC.replace("CACHE", "none").replace("EPOCHS", "6"))
+    common = ["--data-root", str(tmp_path), "--quiet"]
+    reference = tmp_path / "reference"
+    result = specserve("train", str(spec_path), "--out", str(reference), *common)
+    assert result.returncode == 0, result.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "models.cli", "train", str(spec_path), "--out", str(killed), *common],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = killed / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if pointer.exists() and json.loads(pointer.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.02)
+    time.sleep(0.15)  # into epoch 3 (each epoch is ~120 steps, ~0.5 s)
+    proc.send_signal(signal.SIGKILL)  # its decoding worker dies with it
+    proc.wait()
+    done = load_checkpoint(killed / "checkpoints", "last").pointer["epoch"]
+    assert 2 <= done < 6, "the kill should land before the run finished"
+
+    result = specserve("train", str(spec_path), "--out", str(killed), "--resume", *common)
+    assert result.returncode == 0, result.stderr
+    history = json.loads((killed / "metrics.json").read_text())["history"]
+    ref_history = json.loads((reference / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["test"]["accuracy"] == ref_history[-1]["test"]["accuracy"] > 0.8
+    assert history[-1]["train"]["loss"] == pytest.approx(ref_history[-1]["train"]["loss"], rel=1e-6)
+    ref, got = _final_weights(reference), _final_weights(killed)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-6)
+
+
+def test_streamed_and_in_memory_runs_train_alike(tmp_path):
+    """Same seed, same batches, same augmentation draws: the disk-cached run ends where the in-memory one does."""
+    _learnable_folders(tmp_path / "photos", 40)
+    finals = {}
+    for cache in ("memory", "disk"):
+        spec = load_spec(write_spec(tmp_path, STREAMED_SPEC.replace("CACHE", cache).replace("EPOCHS", "2"), f"{cache}.yaml"))
+        result = train(spec, TrainOptions(out=tmp_path / cache, quiet=True, data_root=tmp_path))
+        finals[cache] = (result.history, _final_weights(tmp_path / cache))
+    (h_mem, w_mem), (h_disk, w_disk) = finals["memory"], finals["disk"]
+    assert [h["train"]["loss"] for h in h_disk] == pytest.approx([h["train"]["loss"] for h in h_mem], rel=1e-6)
+    for name in w_mem:
+        torch.testing.assert_close(w_disk[name], w_mem[name], rtol=0, atol=1e-6)
+
+
+def test_skipped_bad_files_are_counted_in_the_metrics(tmp_path):
+    from models.data import DataError
+
+    _learnable_folders(tmp_path / "photos", 20)
+    (tmp_path / "photos" / "c1" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    text = STREAMED_SPEC.replace("CACHE", "none").replace("EPOCHS", "1")
+    with pytest.raises(DataError, match=r"c1/0003\.png: "):
+        train(load_spec(write_spec(tmp_path, text)), TrainOptions(out=tmp_path / "stops", quiet=True, data_root=tmp_path))
+    skipping = text.replace("workers: 1,", "workers: 1, skip_bad_files: true,")
+    train(load_spec(write_spec(tmp_path, skipping)), TrainOptions(out=tmp_path / "skips", quiet=True, data_root=tmp_path))
+    record = json.loads((tmp_path / "skips" / "metrics.json").read_text())["history"][-1]
+    assert record["data"]["bad_files_skipped"] == 1
+    assert record["data"]["bad_files"][0].endswith("c1/0003.png")
+
+
+def test_torchrun_two_processes_streaming_from_the_disk_cache(tmp_path):
+    """Two ranks open one decode cache (built once, under a lock) and each reads only its shard."""
+    _learnable_folders(tmp_path / "photos", 60)
+    spec_path = write_spec(tmp_path, STREAMED_SPEC.replace("CACHE", "disk").replace("EPOCHS", "2"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "models.cli", "train", str(spec_path), "--out", str(tmp_path / "run"), "--quiet",
+                             "--data-root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    caches = [p for p in (tmp_path / "photos" / ".specserve-cache").iterdir() if p.is_dir()]
+    assert len(caches) == 1 and not [p for p in caches if ".tmp-" in p.name]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and "× 2 processes" in metrics["hardware"]

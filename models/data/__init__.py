@@ -3,14 +3,19 @@
     from models.data import load_dataset
     splits = load_dataset("fashion_mnist", {"root": "../shared/data/fashion-mnist"}, seed=0)
 
-Importing this package registers every dataset in DATASETS and every op in AUGMENTATIONS.
+Importing this package registers every dataset in DATASETS and every op in AUGMENTATIONS. Image datasets give
+ImageData / SegData whose `train`/`test` are Samples: in memory (ImageSplits, SegSplits) or, for file datasets too
+large for memory, streamed from the files or a decode cache (models.data.files).
 """
 from models.data.augment import AUGMENTATIONS, Augment, build_augment, normalize, resize_batch, to_float
 from models.data.base import (
     DATASETS,
     DataError,
+    ImageData,
     ImageSplits,
     RegressionSplits,
+    Samples,
+    SegData,
     SegSplits,
     SeriesSplits,
     TextCorpus,
@@ -21,15 +26,18 @@ from models.data.text import Vocab
 
 # Dataset modules register themselves on import.
 from models.data import digits, folders, idx, regression  # noqa: F401  isort: skip
-from models.data import segmentation, series, shapes, text  # noqa: F401  isort: skip
+from models.data import high_dim, segmentation, series, shapes, text  # noqa: F401  isort: skip
 
 __all__ = [
     "AUGMENTATIONS",
     "Augment",
     "DATASETS",
     "DataError",
+    "ImageData",
     "ImageSplits",
     "RegressionSplits",
+    "Samples",
+    "SegData",
     "SegSplits",
     "SeriesSplits",
     "TextCorpus",

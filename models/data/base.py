@@ -10,17 +10,18 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Union
+from typing import Annotated, Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from models.data.order import tensor_batches
 from models.registry import Registry
 from models.errors import SpecserveError
 from models.task_table import task_kind
 
-Splits = Union["ImageSplits", "SegSplits", "TextCorpus", "SeriesSplits", "RegressionSplits"]
+Splits = Union["ImageData", "SegData", "TextCorpus", "SeriesSplits", "RegressionSplits"]  # ImageSplits, SegSplits or streamed
 Builder = Callable[[Any, int], Splits]  # (validated args, effective seed) -> splits
 
 
@@ -89,26 +90,142 @@ def load_dataset(name: str, options: dict[str, Any], *, seed: int = 0) -> Splits
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Split containers (CPU tensors)
+# One split's samples, whatever holds them: the interface the trainer's Tasks read
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass
-class ImageSplits:
-    """Classification images. x: uint8 (N, C, H, W); y: int64 (N,) with values in [0, len(labels))."""
+class Samples:
+    """One split of image data: in memory (TensorSamples) or streamed from files (models.data.files).
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    `sample_shape` is one image's (C, H, W); batches are (uint8 (B, C, H, W), targets) on the CPU, targets int64
+    labels (B,) or masks (B, H, W). The order of `batches` is a function of the generator only (models.data.order
+    .epoch_order), so the in-memory and the streamed path give the same batches for the same seed.
+    """
+
+    sample_shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                rank: int = 0, world: int = 1, drop_last: bool = False) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def take(self, indices: Sequence[int]) -> Batch:
+        """The samples at `indices` (positions in this split), stacked."""
+        raise NotImplementedError
+
+    def targets(self) -> torch.Tensor:
+        """Every target of the split (classification labels (N,); cheap on both paths)."""
+        raise NotImplementedError
+
+    def class_counts(self, classes: int, ignore: int | None) -> torch.Tensor:
+        """How many targets (labels, or mask pixels) of each class, ignored ones left out: int64 (K,)."""
+        return count_classes(self.targets(), classes, ignore)
+
+
+def count_classes(labels: torch.Tensor, classes: int, ignore: int | None) -> torch.Tensor:
+    """How many labels (or mask pixels) of each class, ignored ones left out: int64 (K,)."""
+    valid = labels[labels != ignore] if ignore is not None else labels.flatten()
+    return torch.bincount(valid.flatten(), minlength=classes)[:classes]
+
+
+class TensorSamples(Samples):
+    """A split held in memory as tensors: batches are indexing (models.data.order.tensor_batches)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+        self.sample_shape = tuple(x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, batch_size, *, shuffle=False, generator=None, rank=0, world=1, drop_last=False):
+        return tensor_batches(self.x, self.y, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                              rank=rank, world_size=world)
+
+    def take(self, indices):
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        return self.x[idx], self.y[idx]
+
+    def targets(self):
+        return self.y
+
+
+class ImageData:
+    """Classification images with labels, held in memory (ImageSplits) or streamed (models.data.files).
+
+    `train`/`test` are Samples; `labels` the class names (label ids index it)."""
+
     labels: list[str]
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def train(self) -> Samples:
+        raise NotImplementedError
+
+    @property
+    def test(self) -> Samples:
+        raise NotImplementedError
+
+    def use_device(self, device: torch.device) -> None:
+        """Where batches go: streamed data pins its batches for non-blocking copies when this is CUDA."""
+
+    def report(self) -> dict[str, Any] | None:
+        """What the run's metrics should record about the data (files skipped as bad), or None."""
+        return None
+
+    def close(self) -> None:
+        """Stop reader processes, if any (they start again when batches are asked for)."""
+
+
+class SegData(ImageData):
+    """Segmentation pairs (see SegSplits): masks as targets, `colors` and `ignore_index` beside `labels`."""
+
+    colors: list[tuple[int, int, int]]
+    ignore_index: int | None
+
+
+def _skip_report(skip: bool, skipped: list[str]) -> dict[str, Any] | None:
+    """With skip_bad_files: every file left out as unreadable so far (the trainer records the count per epoch)."""
+    return {"bad_files": sorted(set(skipped))} if skip else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Split containers (CPU tensors)
+
 
 @dataclass
-class SegSplits:
+class ImageSplits(ImageData):
+    """Classification images. x: uint8 (N, C, H, W); y: int64 (N,) with values in [0, len(labels)).
+
+    `skipped`: files left out as unreadable (only with a dataset's `skip_bad_files: true`)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    labels: list[str]
+    skipped: list[str] | None = None
+
+    @property
+    def train(self) -> Samples:
+        return TensorSamples(self.train_x, self.train_y)
+
+    @property
+    def test(self) -> Samples:
+        return TensorSamples(self.test_x, self.test_y)
+
+    def report(self):
+        return _skip_report(self.skipped is not None, self.skipped or [])
+
+
+@dataclass
+class SegSplits(SegData):
     """Segmentation pairs. x: uint8 (N, 3, H, W); y: int64 (N, H, W).
 
     `labels`/`colors` describe the classes a model predicts (len = number of outputs); mask values are in
@@ -122,10 +239,18 @@ class SegSplits:
     labels: list[str]
     colors: list[tuple[int, int, int]]
     ignore_index: int | None
+    skipped: list[str] | None = None
 
     @property
-    def num_classes(self) -> int:
-        return len(self.labels)
+    def train(self) -> Samples:
+        return TensorSamples(self.train_x, self.train_y)
+
+    @property
+    def test(self) -> Samples:
+        return TensorSamples(self.test_x, self.test_y)
+
+    def report(self):
+        return _skip_report(self.skipped is not None, self.skipped or [])
 
 
 @dataclass

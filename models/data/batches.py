@@ -1,7 +1,9 @@
-"""Minibatch iterators over in-memory tensors.
+"""Minibatch iterators: the language-model partitions (text_batches) and, re-exported from models.data.order,
+the epoch order every image path shares (epoch_order) and batches over in-memory tensors (tensor_batches).
 
-Our datasets already sit in memory as tensors, so batching is just indexing: no DataLoader workers, collation or
-pinned-memory round trips. Randomness comes only from the `generator` passed in, so runs are reproducible.
+Datasets that sit in memory as tensors batch by indexing: no DataLoader workers, collation or pinned-memory round
+trips (file datasets too large for memory stream through models.data.files, in the same order). Randomness comes
+only from the `generator` passed in, so runs are reproducible.
 """
 from __future__ import annotations
 
@@ -10,19 +12,9 @@ from typing import Iterator, Literal
 import torch
 
 from models.data.base import DataError
+from models.data.order import _randint, _randperm, batch_bounds, epoch_order, tensor_batches  # noqa: F401 (re-exported)
 
 Partition = Literal["random", "sequential"]
-
-
-def _randint(high: int, generator: torch.Generator | None) -> int:
-    """A random int in [0, high) drawn from `generator` (on whatever device it lives)."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(high, (1,), generator=generator, device=device).item())
-
-
-def _randperm(n: int, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else "cpu"
-    return torch.randperm(n, generator=generator, device=device).cpu()
 
 
 def text_batches(
@@ -67,34 +59,3 @@ def text_batches(
         ys = corpus[1 : num_tokens + 1].reshape(batch_size, -1)  # (B, L/B)
         for i in range(0, num_batches * num_steps, num_steps):
             yield xs[:, i : i + num_steps], ys[:, i : i + num_steps]
-
-
-def tensor_batches(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    shuffle: bool = True,
-    generator: torch.Generator | None = None,
-    drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x[idx], y[idx]) minibatches over the first dimension.
-
-    For DistributedDataParallel pass `rank`/`world_size` and a generator seeded identically on every rank (e.g.
-    seed + epoch): all ranks draw the same permutation, cut to a multiple of world_size, and rank r takes every
-    world_size-th index from r on, so the shards are disjoint and equally long (ranks step in lockstep).
-    """
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    n = len(x)
-    order = _randperm(n, generator) if shuffle else torch.arange(n)  # (N,) CPU
-    if world_size > 1:
-        order = order[: n - n % world_size][rank::world_size]  # (N // world_size,)
-    order = order.to(x.device)
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]  # (B,)
-        yield x[idx], y[idx if y.device == x.device else idx.to(y.device)]

@@ -5,15 +5,16 @@ Class names are the sorted sub-folder names, so label ids never depend on file-s
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-import torch
+import numpy as np
 
 from models.data.base import (
     DataError,
     Fraction,
-    ImageSplits,
+    ImageData,
     SeededArgs,
     Size,
     reading,
@@ -21,10 +22,12 @@ from models.data.base import (
     require_dir,
     stratified_split,
 )
-from models.data.images import IMAGE_SUFFIXES, read_image, stack
+from models.data.files import FileArgs, ImageDecoder, Meta, TableBuilder, open_files
+from models.data.images import IMAGE_SUFFIXES
+from models.data.progress import progress
 
 
-class FolderArgs(SeededArgs):
+class FolderArgs(SeededArgs, FileArgs):
     root: Path
     channels: Literal[1, 3] = 3
     size: Size | None = None  # [H, W]; None = keep the files' size (they must then all agree)
@@ -41,48 +44,56 @@ def class_dirs(tree: Path) -> list[Path]:
     return dirs
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Sorted image files in one class folder; an empty one is a DataError (a typo'd class must not vanish)."""
+def image_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """Sorted image files in one class folder with their stat (size, mtime: the decode cache's key); an empty
+    folder is a DataError (a typo'd class must not vanish)."""
     with reading(folder):
-        files = sorted(
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
+        files = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith("."):
+                    if entry.is_file():
+                        files.append((Path(entry.path), entry.stat()))
+        files.sort(key=lambda f: f[0])
     if not files:
         raise DataError(f"{folder}: empty class folder (no {'/'.join(sorted(IMAGE_SUFFIXES))} files)")
     return files
 
 
-def read_tree(tree: Path, classes: list[str], args: FolderArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image under `tree/<class>/` as (uint8 (N, C, H, W), int64 (N,)); classes must be known ones."""
-    images, labels, paths = [], [], []
+def list_tree(tree: Path, classes: list[str], table: TableBuilder) -> None:
+    """Add every image under `tree/<class>/` to `table`, labelled by class; classes must be known ones."""
     for folder in class_dirs(tree):
         if folder.name not in classes:
             raise DataError(f"{folder}: class '{folder.name}' is not among the training classes {classes}")
-        for path in image_files(folder):
-            images.append(read_image(path, args.channels, args.size))  # (C, H, W)
-            labels.append(classes.index(folder.name))
-            paths.append(path)
-    return stack(images, paths, str(tree)), torch.tensor(labels, dtype=torch.int64)
+        label = classes.index(folder.name)
+        for file in image_files(folder):
+            table.add([file], label)
 
 
 @register("image_folder", task="classification", input="image", args=FolderArgs)
-def image_folder(args: FolderArgs, seed: int) -> ImageSplits:
-    """Your own labelled images: one sub-folder per class, PNG/JPEG/..., converted to `channels`, resized to `size`."""
+def image_folder(args: FolderArgs, seed: int) -> ImageData:
+    """Your own labelled images: one sub-folder per class, PNG/JPEG/..., converted to `channels`, resized to `size`.
+
+    Listed up front; held in memory, or streamed from the files or a decode cache (the `cache` option,
+    models.data.files)."""
     root = require_dir(args.root)
     train_dir, test_dir = root / "train", root / "test"
     if train_dir.is_dir() != test_dir.is_dir():
         present, missing = (train_dir, test_dir) if train_dir.is_dir() else (test_dir, train_dir)
         raise DataError(f"{missing}: folder not found (found {present}; the split layout needs both)")
-    if train_dir.is_dir():
-        classes = [d.name for d in class_dirs(train_dir)]
-        train_x, train_y = read_tree(train_dir, classes, args)
-        test_x, test_y = read_tree(test_dir, classes, args)
-        if train_x.shape[1:] != test_x.shape[1:]:
-            raise DataError(f"{root}: train images are {tuple(train_x.shape[1:])}, test {tuple(test_x.shape[1:])}")
-        return ImageSplits(train_x, train_y, test_x, test_y, classes)
-    classes = [d.name for d in class_dirs(root)]
-    x, y = read_tree(root, classes, args)
-    train, test = (torch.from_numpy(i) for i in stratified_split(y.numpy(), args.test_fraction, seed))
-    return ImageSplits(x[train], y[train], x[test], y[test], classes)
+    decoder = ImageDecoder(args.channels, tuple(args.size) if args.size else None, args.fast_decode)
+    with progress(f"listing {root}") as advance:
+        table = TableBuilder(1, advance)
+        if train_dir.is_dir():
+            classes = [d.name for d in class_dirs(train_dir)]
+            list_tree(train_dir, classes, table)
+            n_train = len(table.paths)
+            list_tree(test_dir, classes, table)
+            items = table.table()
+            train, test = np.arange(n_train), np.arange(n_train, len(items))
+        else:
+            classes = [d.name for d in class_dirs(root)]
+            list_tree(root, classes, table)
+            items = table.table()
+            train, test = stratified_split(items.labels, args.test_fraction, seed)
+    return open_files(items, decoder, args, root, train, test, Meta(classes), "image_folder")

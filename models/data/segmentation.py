@@ -5,13 +5,16 @@ class that is an interpolation between two neighbours' classes.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from models.data.base import DataArgs, DataError, SegSplits, Size, reading, register, require_file
-from models.data.images import image_tensor, mask_array, open_image, stack
+from models.data.base import DataError, SegData, Size, reading, register, require_file
+from models.data.files import FileArgs, Meta, TableBuilder, open_files
+from models.data.images import image_array, image_size, mask_array, open_image
+from models.data.progress import progress
 
 Pair = tuple[Path, Path]  # (image file, mask file)
 
@@ -25,23 +28,59 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int, ignore_index: int
         raise DataError(f"{path}: class index {int(bad[0])} out of range (valid: {valid})")
 
 
-def load_pairs(
-    pairs: list[Pair], size: Size | None, num_classes: int, ignore_index: int | None, what: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read image/mask pairs as (uint8 (N, 3, H, W), int64 (N, H, W)); checks sizes and class ids per file."""
-    images, masks, image_paths, mask_paths = [], [], [], []
-    for image_path, mask_path in pairs:
-        image, mask_img = open_image(image_path), open_image(mask_path)
+@dataclass(frozen=True)
+class PairDecoder:
+    """An image/mask pair: the image RGB, bilinear to `size`; the mask a class-index PNG, checked at its native
+    size (same size as the image, class ids in range), then NEAREST to `size`."""
+
+    size: Size | None
+    mask_classes: int
+    mask_ignore: int | None
+    fast: bool = False
+
+    def params(self):
+        return {"kind": "pair", "size": self.size, "classes": self.mask_classes, "ignore": self.mask_ignore,
+                "fast": self.fast}
+
+    def probe(self, paths):
+        h, w = self.size if self.size is not None else image_size(paths[0])
+        return (3, h, w), (h, w)
+
+    def decode(self, paths):
+        image_path, mask_path = paths
+        draft = self.size if self.fast else None
+        native = image_size(image_path) if draft is not None else None  # a draft-decoded image is smaller
+        image, mask_img = open_image(image_path, draft), open_image(mask_path)
         mask = mask_array(mask_img, mask_path)  # (h, w) at native size: checked before any resizing
-        (w, h), (mh, mw) = image.size, mask.shape
+        (w, h), (mh, mw) = (native[1], native[0]) if native else image.size, mask.shape
         if (h, w) != (mh, mw):
             raise DataError(f"{mask_path}: mask {mh}x{mw} but image {h}x{w} ({image_path})")
-        check_mask(mask, mask_path, num_classes, ignore_index)
-        images.append(image_tensor(image, image_path, 3, size))  # (3, H, W)
-        masks.append(torch.from_numpy(mask_array(mask_img, mask_path, size).astype(np.int64)))  # (H, W)
-        image_paths.append(image_path)
-        mask_paths.append(mask_path)
-    return stack(images, image_paths, what), stack(masks, mask_paths, what)
+        check_mask(mask, mask_path, self.mask_classes, self.mask_ignore)
+        x = image_array(image, image_path, 3, self.size).transpose(2, 0, 1)  # (3, H, W)
+        return x, mask_array(mask_img, mask_path, self.size)  # (H, W) uint8
+
+    def decode_mask(self, paths):
+        _, mask_path = paths
+        mask_img = open_image(mask_path)
+        check_mask(mask_array(mask_img, mask_path), mask_path, self.mask_classes, self.mask_ignore)
+        return mask_array(mask_img, mask_path, self.size)
+
+
+def _stat(path: Path) -> tuple[Path, os.stat_result]:
+    with reading(path):
+        return path, path.stat()
+
+
+def open_pairs(pairs: list[Pair], args, root: Path, n_train: int, meta: Meta, name: str,
+               num_classes: int, ignore_index: int | None) -> SegData:
+    """The listed pairs (training ones first) as splits, in memory or streamed (models.data.files)."""
+    with progress(f"listing {root}") as advance:
+        table = TableBuilder(2, advance)
+        for image_path, mask_path in pairs:
+            table.add([_stat(image_path), _stat(mask_path)])
+    items = table.table()
+    decoder = PairDecoder(tuple(args.size) if args.size else None, num_classes, ignore_index, args.fast_decode)
+    return open_files(items, decoder, args, root, np.arange(n_train), np.arange(n_train, len(items)), meta, name)
 
 
 def read_list(list_file: Path, root: Path) -> list[Pair]:
@@ -85,7 +124,7 @@ CAMVID_COLORS = [
 CAMVID_VOID = 11  # "Unlabelled / void", colour (0, 0, 0); SegNet's ignore_label
 
 
-class CamVidArgs(DataArgs):
+class CamVidArgs(FileArgs):
     root: Path
     size: Size | None = None  # [H, W]; None = native 360x480
     train_split: str | list[str] = "train"  # list names (<split>.txt); several are concatenated
@@ -93,15 +132,14 @@ class CamVidArgs(DataArgs):
 
 
 @register("camvid", task="segmentation", input="image", args=CamVidArgs)
-def camvid(args: CamVidArgs, seed: int) -> SegSplits:
+def camvid(args: CamVidArgs, seed: int) -> SegData:
     """CamVid street scenes in SegNet's 11 classes (+ void, ignored); pairs listed in <split>.txt files."""
     splits = [args.train_split] if isinstance(args.train_split, str) else args.train_split
     train_pairs = [pair for split in splits for pair in read_list(args.root / f"{split}.txt", args.root)]
     test_pairs = read_list(args.root / f"{args.test_split}.txt", args.root)
-    n = len(CAMVID_LABELS)
-    train_x, train_y = load_pairs(train_pairs, args.size, n, CAMVID_VOID, f"{args.root} ({'+'.join(splits)})")
-    test_x, test_y = load_pairs(test_pairs, args.size, n, CAMVID_VOID, f"{args.root} ({args.test_split})")
-    return SegSplits(train_x, train_y, test_x, test_y, list(CAMVID_LABELS), list(CAMVID_COLORS), CAMVID_VOID)
+    meta = Meta(list(CAMVID_LABELS), list(CAMVID_COLORS), CAMVID_VOID)
+    return open_pairs(train_pairs + test_pairs, args, args.root, len(train_pairs), meta, "camvid",
+                      len(CAMVID_LABELS), CAMVID_VOID)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -129,7 +167,7 @@ def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
     return colors
 
 
-class VocArgs(DataArgs):
+class VocArgs(FileArgs):
     root: Path  # the VOC2012 folder (holding JPEGImages/, SegmentationClass/, ImageSets/)
     size: Size | None = None  # [H, W]; VOC images differ in size, so loading without it fails
     train_split: str = "train"
@@ -153,9 +191,9 @@ def voc_pairs(root: Path, split: str) -> list[Pair]:
 
 
 @register("voc", task="segmentation", input="image", args=VocArgs)
-def voc(args: VocArgs, seed: int) -> SegSplits:
+def voc(args: VocArgs, seed: int) -> SegData:
     """PASCAL VOC 2012 segmentation: 20 object classes + background; palette PNG masks, 255 = ignore."""
     n = len(VOC_LABELS)
-    train_x, train_y = load_pairs(voc_pairs(args.root, args.train_split), args.size, n, VOC_IGNORE, str(args.root))
-    test_x, test_y = load_pairs(voc_pairs(args.root, args.test_split), args.size, n, VOC_IGNORE, str(args.root))
-    return SegSplits(train_x, train_y, test_x, test_y, list(VOC_LABELS), voc_colormap(n), VOC_IGNORE)
+    train_pairs, test_pairs = voc_pairs(args.root, args.train_split), voc_pairs(args.root, args.test_split)
+    meta = Meta(list(VOC_LABELS), voc_colormap(n), VOC_IGNORE)
+    return open_pairs(train_pairs + test_pairs, args, args.root, len(train_pairs), meta, "voc", n, VOC_IGNORE)

@@ -1,6 +1,6 @@
 """Open the dataset a spec names, with its paths confined to the data root the user gives.
 
-Paths in a spec (`root`, `path`) are relative to the data root (`--data-root`, or $SPECSERVE_DATA_ROOT, default
+Paths in a spec (`root`, `path`, `cache_dir`) are relative to the data root (`--data-root`, or $SPECSERVE_DATA_ROOT, default
 ./data): a spec can name files under it but never escape it (absolute paths and `..` are refused), so a spec from
 someone else cannot read arbitrary files of the machine it is trained on.
 """
@@ -13,11 +13,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.data import load_dataset
+from models.data.progress import quiet as quiet_progress
 from models.errors import SpecError
 from models.spec.schema import Spec
 from models.spec.validation import validation_problems
 
-PATH_OPTIONS = ("root", "path")
+PATH_OPTIONS = ("root", "path", "cache_dir")  # cache_dir is written to: confined like the paths read
 
 
 def default_data_root() -> Path:
@@ -51,12 +52,15 @@ def dataset_options(spec: Spec, data_root: Path | None) -> dict[str, Any]:
     return options
 
 
-def open_dataset(spec: Spec, data_root: Path | None = None, seed: int | None = None):
-    """Load the spec's dataset (models.data splits). DataError for bad files, SpecError for bad options."""
+def open_dataset(spec: Spec, data_root: Path | None = None, seed: int | None = None, quiet: bool = False):
+    """Load the spec's dataset (models.data splits). DataError for bad files, SpecError for bad options.
+
+    File datasets show progress bars for listing and cache building on a terminal, unless `quiet`."""
     if spec.data is None:
         raise SpecError.one(spec.locate(()), "data", "the spec has no data section to train on")
     options = dataset_options(spec, data_root if data_root is not None else default_data_root())
     try:
-        return load_dataset(spec.data.dataset, options, seed=spec.train.seed if seed is None else seed)
+        with quiet_progress(quiet):
+            return load_dataset(spec.data.dataset, options, seed=spec.train.seed if seed is None else seed)
     except ValidationError as err:
         raise SpecError(validation_problems(err, spec.source, ("data",))) from None

@@ -210,7 +210,7 @@ def _setup(spec: Spec, options: TrainOptions) -> _Session:
     if options.resume and not run.exists():
         raise TrainError(f"{run.path}: nothing to resume (no checkpoints/last.json)")
     seed_everything(spec.train.seed)
-    task = make_task(spec, open_dataset(spec, options.data_root, spec.train.seed), device)
+    task = make_task(spec, open_dataset(spec, options.data_root, spec.train.seed, quiet=options.quiet), device)
     net = build(spec, device=device, seed=spec.train.seed)
     task.check_network(net)  # outputs against the data's classes, before any step
     lr_scales = apply_pretrained(net, spec)
@@ -303,6 +303,9 @@ def _end_epoch(s: _Session, epoch: int, train_metrics: dict[str, float], samples
         s.stale += 1
     record = {"epoch": epoch, "train": train_metrics, "test": test_metrics, "seconds": seconds,
               "samples_per_s": samples * d.world / seconds, "lr": s.optimizer.param_groups[0]["lr"]}
+    data = _data_report(task, d)
+    if data is not None:  # file datasets with skip_bad_files: how many files were left out as unreadable
+        record["data"] = data
     s.history.append(record)
     early = s.spec.train.early_stopping
     stopping = early is not None and s.stale >= early.patience
@@ -334,6 +337,20 @@ def _end_epoch(s: _Session, epoch: int, train_metrics: dict[str, float], samples
     return stopping
 
 
+def _data_report(task: Task, d: Dist) -> dict[str, Any] | None:
+    """What the data says about this run so far (bad files skipped, with skip_bad_files), every rank's files counted
+    once; the first 10 named."""
+    report = task.data_report()
+    if report is None:
+        return None
+    files = set(report.get("bad_files", []))
+    if d.world > 1:
+        gathered: list[Any] = [None] * d.world
+        dist.all_gather_object(gathered, sorted(files))
+        files = {f for part in gathered for f in part}
+    return {**report, "bad_files_skipped": len(files), "bad_files": sorted(files)[:10]}
+
+
 def _write_class_metrics(run: Run, entry: dict[str, Any], improved: bool) -> None:
     """class_metrics.json = {"last": entry, "best": the best epoch's entry}, compact (no indentation)."""
     path = run.path / CLASS_METRICS_FILE
@@ -344,9 +361,12 @@ def _write_class_metrics(run: Run, entry: dict[str, Any], improved: bool) -> Non
 def train(spec: Spec, options: TrainOptions | None = None) -> TrainResult:
     """Train `spec` for spec.train.epochs (merge command-line overrides into the spec first: models.spec.overrides)."""
     s = _setup(spec, options or TrainOptions())
-    for epoch in range(s.start_epoch, s.epochs + 1):
-        if _end_epoch(s, epoch, *_train_epoch(s, epoch)):
-            break
+    try:
+        for epoch in range(s.start_epoch, s.epochs + 1):
+            if _end_epoch(s, epoch, *_train_epoch(s, epoch)):
+                break
+    finally:
+        s.task.close()  # streamed data: stop its reader processes (result.task reopens them if used again)
     if s.d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

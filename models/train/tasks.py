@@ -21,8 +21,9 @@ import torchmetrics.functional as TMF
 from torch import nn
 
 from models.artifact.scaling import k_step_forecast, unscale
-from models.data import (DataError, ImageSplits, RegressionSplits, SegSplits, SeriesSplits, TextCorpus, build_augment,
-                         normalize, resize_batch, tensor_batches, text_batches, to_float)
+from models.data import (DataError, ImageData, RegressionSplits, SegData, SeriesSplits, TextCorpus, build_augment,
+                         normalize, resize_batch, text_batches, to_float)
+from models.data.base import Samples, TensorSamples, count_classes
 from models.errors import SpecError
 from models.spec.data_section import augment_steps
 from models.train.plots import plot_segmentation
@@ -54,15 +55,30 @@ class Task:
         """Refuse, before the first step, a network whose outputs do not fit the data (SpecError at the layer)."""
 
     # -- training
+    def train_samples(self) -> Samples:
+        """The training split as Samples (in memory or streamed from files)."""
+        return TensorSamples(self.splits.train_x, self.splits.train_y)
+
     def steps_per_epoch(self, world: int = 1) -> int:
         """Optimizer steps in one epoch of train_batches, computed (not by cutting every batch)."""
-        n = len(self.splits.train_x)
+        n = len(self.train_samples())
         per_rank = n - n % world if world > 1 else n
         return math.ceil(per_rank // world / self.spec.data.batch_size)
 
     def train_batches(self, generator: torch.Generator, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        return tensor_batches(self.splits.train_x, self.splits.train_y, self.spec.data.batch_size, shuffle=True,
-                              generator=generator, rank=rank, world_size=world)
+        return self.train_samples().batches(self.spec.data.batch_size, shuffle=True, generator=generator, rank=rank,
+                                            world=world)
+
+    def data_report(self) -> dict[str, Any] | None:
+        """What the run records about the data each epoch (bad files skipped), or None."""
+        report = getattr(self.splits, "report", None)
+        return report() if report else None
+
+    def close(self) -> None:
+        """Stop the data's reader processes, if any (they start again when batches are asked for)."""
+        close = getattr(self.splits, "close", None)
+        if close:
+            close()
 
     def step(self, net: nn.Module, batch: Batch, state=None, generator: torch.Generator | None = None) -> StepResult:
         raise NotImplementedError
@@ -94,6 +110,20 @@ def _take(test: torch.Tensor, train: torch.Tensor, n: int) -> torch.Tensor:
     return pool[torch.arange(n) % len(pool)]
 
 
+def _take_samples(test: Samples, train: Samples, n: int) -> Batch:
+    """_take over Samples (in memory or streamed): only the samples used are read."""
+    n_test, n_train = min(len(test), n), min(len(train), max(n - len(test), 0))
+    pool = n_test + n_train
+    picks = torch.arange(n) % pool  # positions in test[:n_test] + train[:n_train]
+    parts = []
+    if n_test:
+        parts.append(test.take(range(n_test)))
+    if n_train:
+        parts.append(train.take(range(n_train)))
+    x, y = (torch.cat([p[i] for p in parts]) for i in (0, 1))
+    return x[picks], y[picks]
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise DataError(message)
@@ -102,9 +132,13 @@ def _check(condition: bool, message: str) -> None:
 class _ImageMixin:
     """uint8 images → float, resized to the spec's input size, augmented (training only), normalized."""
 
+    def train_samples(self) -> Samples:
+        return self.splits.train
+
     def _setup_images(self) -> None:
         spec = self.spec
-        channels = self.splits.train_x.shape[1]
+        self.splits.use_device(self.device)  # streamed batches are pinned for non-blocking copies on CUDA
+        channels = self.splits.train.sample_shape[0]
         _check(channels == spec.input.channels,
                f"{spec.data.dataset}: images have {channels} channel(s) but input.channels is {spec.input.channels}")
         self.size = tuple(spec.input.size)
@@ -144,8 +178,7 @@ class _ImageMixin:
 
 def class_counts(labels: torch.Tensor, classes: int, ignore: int | None) -> torch.Tensor:
     """How many labels (or mask pixels) of each class, ignored ones left out: int64 (K,)."""
-    valid = labels[labels != ignore] if ignore is not None else labels.flatten()
-    return torch.bincount(valid.flatten(), minlength=classes)[:classes]
+    return count_classes(labels, classes, ignore)
 
 
 def class_weights(labels: torch.Tensor, classes: int, ignore: int | None, mode: str, device) -> torch.Tensor | None:
@@ -154,7 +187,15 @@ def class_weights(labels: torch.Tensor, classes: int, ignore: int | None, mode: 
     A class absent from the training labels gets weight 0: no target ever asks for it."""
     if mode == "none":
         return None
-    counts = class_counts(labels, classes, ignore).double()  # (K,)
+    return weights_from_counts(class_counts(labels, classes, ignore), mode, device)
+
+
+def weights_from_counts(counts: torch.Tensor, mode: str, device) -> torch.Tensor | None:
+    """class_weights from per-class counts (K,) (a streamed split counts its masks without holding them)."""
+    if mode == "none":
+        return None
+    classes = len(counts)
+    counts = counts.double()  # (K,)
     frequency = counts / counts.sum()
     present = counts > 0
     weights = torch.zeros(classes, dtype=torch.float64)
@@ -177,7 +218,8 @@ def _check_classes(task: Task, outputs: int, what: str) -> None:
 
 class Classification(_ImageMixin, Task):
     def __post_init__(self) -> None:
-        _check(isinstance(self.splits, ImageSplits), f"dataset {self.spec.data.dataset} does not give images with labels")
+        _check(isinstance(self.splits, ImageData) and not isinstance(self.splits, SegData),
+               f"dataset {self.spec.data.dataset} does not give images with labels")
         self._setup_images()
         self.classes = self.splits.num_classes
         labels = self.spec.labels or self.splits.labels
@@ -185,7 +227,8 @@ class Classification(_ImageMixin, Task):
                f"{self.spec.data.dataset}: {self.classes} classes but the spec lists {len(labels)} labels")
         self.primary, self.higher_is_better = "accuracy", True
         self.info = {"labels": list(labels)}
-        self.weights = class_weights(self.splits.train_y, self.classes, None, self.spec.train.class_weights, self.device)
+        self.weights = class_weights(self.splits.train.targets(), self.classes, None, self.spec.train.class_weights,
+                                     self.device)
 
     def check_network(self, net: nn.Module) -> None:
         _check_classes(self, net.sample_output[-1], "class scores")
@@ -205,7 +248,7 @@ class Classification(_ImageMixin, Task):
     def evaluate(self, net) -> dict[str, Any]:
         net.eval()
         logits_all, targets = [], []
-        for x, y in tensor_batches(self.splits.test_x, self.splits.test_y, 512, shuffle=False):
+        for x, y in self.splits.test.batches(512, shuffle=False):
             x, _ = self._pixels(x, None, train=False)
             logits_all.append(net(x).float().cpu())
             targets.append(y)
@@ -221,14 +264,13 @@ class Classification(_ImageMixin, Task):
         return result
 
     def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:
-        s = self.splits
-        return {"inputs": self._uint8_at_input_size(_take(s.test_x, s.train_x, n)),
-                "labels": _take(s.test_y, s.train_y, n).numpy()}
+        x, y = _take_samples(self.splits.test, self.splits.train, n)
+        return {"inputs": self._uint8_at_input_size(x), "labels": y.numpy()}
 
 
 class Segmentation(_ImageMixin, Task):
     def __post_init__(self) -> None:
-        _check(isinstance(self.splits, SegSplits), f"dataset {self.spec.data.dataset} does not give images with masks")
+        _check(isinstance(self.splits, SegData), f"dataset {self.spec.data.dataset} does not give images with masks")
         self._setup_images()
         self.classes = self.splits.num_classes
         self.ignore = self.splits.ignore_index
@@ -238,10 +280,22 @@ class Segmentation(_ImageMixin, Task):
         self.primary, self.higher_is_better = "mean_iou", True
         self.info = {"labels": list(labels), "colors": [list(c) for c in self.splits.colors[: self.classes]],
                      "ignore_index": self.ignore}
-        self.weights = class_weights(self.splits.train_y, self.classes, self.ignore, self.spec.train.class_weights,
-                                     self.device)
-        # the majority-class baseline predicts the most frequent training class everywhere; counted once, not per epoch
-        self.majority = int(class_counts(self.splits.train_y, self.classes, self.ignore).argmax())
+        # the training masks' class counts, for median-frequency weights and the majority-class baseline: counted
+        # once (a streamed split counts without holding the masks; its decode cache knows them already), and only
+        # when first needed, so a streamed run without class weights starts training at once
+        self._counts: torch.Tensor | None = None
+        self.weights = (weights_from_counts(self.train_counts(), self.spec.train.class_weights, self.device)
+                        if self.spec.train.class_weights != "none" else None)
+
+    def train_counts(self) -> torch.Tensor:
+        if self._counts is None:
+            self._counts = self.splits.train.class_counts(self.classes, self.ignore)
+        return self._counts
+
+    @property
+    def majority(self) -> int:
+        """The majority-class baseline predicts the most frequent training class everywhere."""
+        return int(self.train_counts().argmax())
 
     def check_network(self, net: nn.Module) -> None:
         _check_classes(self, net.sample_output[0], "class maps")
@@ -270,7 +324,7 @@ class Segmentation(_ImageMixin, Task):
     def evaluate(self, net) -> dict[str, Any]:
         net.eval()
         preds, masks = [], []
-        for x, mask in tensor_batches(self.splits.test_x, self.splits.test_y, 16, shuffle=False):
+        for x, mask in self.splits.test.batches(16, shuffle=False):
             x, mask = self._pixels(x, mask, train=False)
             preds.append(net(x).argmax(1).cpu())
             masks.append(mask.cpu())
@@ -285,17 +339,16 @@ class Segmentation(_ImageMixin, Task):
     def figures(self, net: nn.Module, directory: Path, count: int = 4) -> None:
         """predictions.png: a few validation images, true and predicted masks side by side."""
         net.eval()
-        images, masks = self.splits.test_x[:count], self.splits.test_y[:count]
+        images, masks = self.splits.test.take(range(min(count, len(self.splits.test))))
         x, true = self._pixels(images, masks, train=False)
         pred = net(x).argmax(1).cpu()  # (n, H, W) at the input size
         plot_segmentation(self._uint8_resized(images), true.cpu(), pred, self.info["colors"], directory / "predictions.png", self.ignore)
 
     def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:
-        s = self.splits
-        masks = _take(s.test_y, s.train_y, n)  # (n, H, W)
+        x, masks = _take_samples(self.splits.test, self.splits.train, n)  # (n, 3, H, W), (n, H, W)
         if tuple(masks.shape[-2:]) != self.size:
             masks = F.interpolate(masks[:, None].float(), size=self.size, mode="nearest")[:, 0].long()
-        return {"inputs": self._uint8_at_input_size(_take(s.test_x, s.train_x, n)), "labels": masks.numpy()}
+        return {"inputs": self._uint8_at_input_size(x), "labels": masks.numpy()}
 
 
 class TokenSequence(Task):
