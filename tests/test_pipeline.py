@@ -18,7 +18,7 @@ from models.spec.load import load_spec
 from models.artifact.store import load_from_store
 from models.train.loop import TrainOptions
 from tests.conftest import ROOT, SPECS
-from tests.test_train import TASK_SPECS, write_spec
+from tests.train.test_train import TASK_SPECS, write_spec
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, SPECS
-from tests.test_train import TINY_DIGITS
+from tests.train.test_train import TINY_DIGITS
 
 
 def specserve(*args: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from models.spec.load import load_spec, load_spec_text
 from models.train.checkpoint import load_checkpoint
 from models.train.loop import TrainOptions, train
 from tests.conftest import ROOT
-from tests.test_train import TINY_DIGITS, _final_weights, write_spec
+from tests.train.test_train import TINY_DIGITS, _final_weights, write_spec
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")]
@@ -51,7 +51,7 @@ def test_bf16_channels_last_run_lowers_the_loss(tmp_path):
 # cuDNN's default algorithms are not bitwise reproducible from one process to the next (some accumulate with
 # atomics), so two uninterrupted CUDA runs may already differ in the last bits. Both runs here use PyTorch's
 # deterministic algorithms: what is tested is that --resume restores everything (weights, optimizer, schedule, the
-# CPU and CUDA random states), as tests/test_train.py's CPU test does, to the same 1e-6.
+# CPU and CUDA random states), as tests/train/test_train.py's CPU test does, to the same 1e-6.
 _DETERMINISTIC_CLI = ("import sys, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
                       "from models.cli.main import main; sys.exit(main())")
 
