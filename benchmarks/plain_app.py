@@ -43,7 +43,8 @@ def limiter() -> anyio.CapacityLimiter:
 
 def work(uploads: list[bytes], k: int, model: str | None) -> bytes:
     served = MODELS.pick(model)
-    (results,) = vision.classify_jobs(served, [vision.ClassifyJob(uploads, k)], CONFIG.limits.max_image_pixels)
+    (results,) = vision.classify_jobs(served, [vision.ClassifyJob(uploads, k)], CONFIG.limits.max_image_pixels,
+                                      CONFIG.limits.max_request_pixels)
     if isinstance(results, RequestError):
         raise results
     return ClassifyResult(model=served.tag, results=results).model_dump_json().encode()

@@ -1,14 +1,31 @@
-"""Load benchmark of `classify`: the BentoML service against a bare Starlette app doing identical work.
+"""Load benchmark of `classify` at the machine's limit: specserve against the same work in a bare Starlette app and
+in three peers (LitServe, Ray Serve, PyTriton), driven by Debian's `hey` (or `wrk`).
 
-    .venv/bin/python benchmarks/serve_load.py                 # throwaway model, 10 s per level, writes BENCHMARKS.md
-    .venv/bin/python benchmarks/serve_load.py --model digits-cnn --seconds 5 --no-write
+    .venv/bin/python benchmarks/serve_load.py          # levels 1,8,32,64,128, 10 s each, every server; BENCHMARKS.md
+    .venv/bin/python benchmarks/serve_load.py --seconds 2 --warmup 0.5 --levels 1,8 --no-write        # a smoke run
+    .venv/bin/python benchmarks/serve_load.py --servers plain,specserve --client wrk
 
-Both servers run on loopback with the same serving config (workers, threads, onnxruntime threads: by default those
-of service/serving.yaml) and the same model; the Starlette app (benchmarks/plain_app.py) runs the service's own decode → session → JSON code, so the
-ratio measures the framework. Each concurrency level is measured in short slices that visit every server in turn
-(so a change in background load hits all of them alike), with an async aiohttp client holding `concurrency`
-connections, each sending one multipart PNG after another. The client shares the machine's cores with the
-servers, as it must in any loopback measurement on a 2-core box.
+Every server answers the same request with the same work and the same answer: one 32×32 PNG → decode, convert to
+the model's channels, bilinear resize (specserve's own code in the plain app; benchmarks/peers/common.py repeats it
+for the peers, which cannot import BentoML) → the same ONNX graph in onnxruntime with the same session settings
+and intra-op threads → softmax top-5 as specserve's JSON. Every server gets the same process count (the serving
+config's `workers`, default that of service/serving.yaml) and, where it batches, specserve's batching (max batch,
+max wait):
+
+* `specserve`: `bentoml serve` of the service, the shipped config but for the model (classify batching included);
+* `plain`: benchmarks/plain_app.py, the same decode → session → JSON in a bare Starlette app (no batching);
+* `litserve`, `rayserve`, `pytriton`: benchmarks/peers/*.py, run by the peers' own Python (--peers-python; set it up
+  with benchmarks/peers/requirements.txt). PyTriton speaks the KServe v2 protocol: its request carries the same PNG
+  as a BYTES tensor (binary tensor extension) and k as INT32; the others take the same multipart form.
+
+The load generator is `hey` (or `wrk`, --client), one run per (server, concurrency) after an unmeasured warm-up of
+the same load. Servers run one at a time (--order sequential, the default: each alone on the machine, so no
+server's idle work, e.g. LitServe's polling workers, lands on another's figures; run it on a quiet machine), or
+all at once taking turns at each level (--order interleaved: drifting background load then hits all alike). Per point:
+requests/s of 200 answers, p50/p99 latency, errors (non-200 answers and failed connections), the server's CPU
+seconds per 1,000 answers (user + system of every process in the server's session: BentoML's arbiter and workers,
+Ray's raylet and actors, Triton's server and Python stubs, ...), and the client's own CPU share of the machine
+(from the load generator's rusage): what the client took from the servers it measures on a shared box.
 
 Without --model, a model is built from specs/digits_cnn.yaml with its initial (untrained) weights, exported with
 its parity proof and stored in a temporary BENTOML_HOME: load does not depend on what the weights are.
@@ -18,7 +35,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,46 +45,79 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import numpy as np
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python benchmarks/serve_load.py` from anywhere
 from benchmarks.common import write_section  # noqa: E402
 from models.train.hardware import cpu_model  # noqa: E402
-from service.config import DEFAULT_PATH, Batching, load_config  # noqa: E402
+from service.config import DEFAULT_PATH, Batching, ServingConfig, load_config  # noqa: E402
 
 SHIPPED = load_config(DEFAULT_PATH)  # defaults: what service/serving.yaml ships
 BATCHING = SHIPPED.endpoints["classify"].batching or Batching(max_batch_size=32)
 SECTION = "serve_load"  # in BENCHMARKS.md
+PEERS = {"litserve": "litserve_app.py", "rayserve": "rayserve_app.py", "pytriton": "pytriton_app.py"}
+PEER_READY = {"litserve": "/health", "rayserve": "/classify", "pytriton": "/v2/models/classify/ready"}
+PEER_MODULE = {"litserve": "litserve", "rayserve": "ray.serve", "pytriton": "pytriton"}
+ALL_SERVERS = ("plain", "specserve", *PEERS)
+DEFAULT_PEERS_PYTHON = Path.home() / ".cache" / "specserve" / "peers" / "bin" / "python"
 
+
+# ------------------------------------------------------------------------------------------------ results
 
 @dataclass
 class Level:
+    """One (server, concurrency) measurement. `latencies_ms` holds raw latencies when the client gives them (the
+    aiohttp client of soak.py); hey and wrk give percentiles, in `p50_ms`/`p99_ms`."""
+
     server: str
     concurrency: int
     requests: int
     errors: int
     seconds: float
-    latencies_ms: list[float]
+    latencies_ms: list[float] = field(default_factory=list)
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    server_cpu_s: float = float("nan")
+    client_cpu_s: float = float("nan")
 
     @property
     def throughput(self) -> float:
-        return self.requests / self.seconds
+        return self.requests / self.seconds if self.seconds else float("nan")
 
     @classmethod
     def merge(cls, parts: list["Level"]) -> "Level":
-        return cls(parts[0].server, parts[0].concurrency, sum(p.requests for p in parts), sum(p.errors for p in parts),
-                   sum(p.seconds for p in parts), [ms for p in parts for ms in p.latencies_ms])
+        """Slices of one point: counts and CPU add up; percentiles are the request-weighted mean of the slices'
+        (exact for raw latencies)."""
+        total = sum(p.requests for p in parts) or 1
+        weighted = lambda name: sum(getattr(p, name) * p.requests for p in parts) / total  # noqa: E731
+        return cls(parts[0].server, parts[0].concurrency, sum(p.requests for p in parts),
+                   sum(p.errors for p in parts), sum(p.seconds for p in parts),
+                   [ms for p in parts for ms in p.latencies_ms], weighted("p50_ms"), weighted("p99_ms"),
+                   sum(p.server_cpu_s for p in parts), sum(p.client_cpu_s for p in parts))
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+        if self.latencies_ms:
+            return float(np.percentile(self.latencies_ms, q))
+        return {50: self.p50_ms, 99: self.p99_ms}.get(q, float("nan"))
 
+    @property
+    def cpu_per_1000(self) -> float:
+        return 1000 * self.server_cpu_s / self.requests if self.requests else float("nan")
+
+    @property
+    def client_share(self) -> float:
+        """The load generator's CPU as a fraction of the machine's (all cores) over the run."""
+        return self.client_cpu_s / (self.seconds * (os.cpu_count() or 1)) if self.seconds else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ servers
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -88,12 +140,12 @@ def build_model(home: Path, spec_file: str = "digits_cnn.yaml") -> str:
     """Store specs/<spec_file> (an image model) with initial weights in `home`; returns the tag."""
     import torch
 
-    from models.build import build
     from models.artifact.card import ImageInput, ModelCard
+    from models.artifact.store import save_to_store
+    from models.build import build
     from models.export.onnx_graph import export_net
     from models.export.parity import check_parity
     from models.spec.load import load_spec
-    from models.artifact.store import save_to_store
 
     spec = load_spec(ROOT / "specs" / spec_file)
     net = build(spec, seed=0).eval()
@@ -106,41 +158,88 @@ def build_model(home: Path, spec_file: str = "digits_cnn.yaml") -> str:
 
 
 class Server:
-    """Server processes (each in its own process group, stopped group and all) answering on one port."""
+    """Server processes (each in its own process group and session, stopped group and all) answering on one port;
+    `ready_path` answers 200 once it serves."""
 
     def __init__(self, name: str, commands: list[list[str]], env: dict[str, str], port: int, log: Path,
-                 pass_fds: tuple[int, ...] = ()):
-        self.name, self.port = name, port
+                 pass_fds: tuple[int, ...] = (), ready_path: str = "/readyz"):
+        self.name, self.port, self.ready_path = name, port, ready_path
         self.log = log.open("wb")
+        self.log_path = log
         self.processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                            start_new_session=True, pass_fds=pass_fds) for command in commands]
 
-    async def wait_ready(self, timeout: float = 120) -> None:
+    async def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 if any(p.poll() is not None for p in self.processes):
-                    raise RuntimeError(f"{self.name} exited; see {self.log.name}")
+                    raise RuntimeError(f"{self.name} exited; see {self.log_path}")
                 try:
-                    async with http.get(f"http://127.0.0.1:{self.port}/readyz") as r:
+                    async with http.get(f"http://127.0.0.1:{self.port}{self.ready_path}") as r:
                         if r.status == 200:
                             return
                 except aiohttp.ClientError:
                     pass
-                await asyncio.sleep(0.3)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log.name}")
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+
+    def members(self) -> list[psutil.Process]:
+        """Every live process of the server: its processes, their descendants, and whatever else runs in their
+        sessions or their descendants' (Ray and Triton start helpers that outlive their parents; circus starts
+        BentoML's workers in sessions of their own)."""
+        found: dict[int, psutil.Process] = {}
+        for process in self.processes:
+            with _quiet():
+                root = psutil.Process(process.pid)
+                for member in [root, *root.children(recursive=True)]:
+                    found[member.pid] = member
+        sessions = set()
+        for pid in list(found):
+            with _quiet():
+                sessions.add(os.getsid(pid))
+        for process in psutil.process_iter():
+            try:
+                if process.pid not in found and os.getsid(process.pid) in sessions:
+                    found[process.pid] = process
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        return list(found.values())
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for member in self.members():
+            try:
+                times = member.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
 
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                with _quiet():
+                    os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes:
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with _quiet():
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        for member in self.members():  # helpers left in the sessions
+            with _quiet():
+                member.kill()
         self.log.close()
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, tb) -> bool:  # type: ignore[no-untyped-def]
+        return kind is not None and issubclass(kind, (ProcessLookupError, psutil.Error))
 
 
 def listening_socket() -> socket.socket:
@@ -153,10 +252,134 @@ def listening_socket() -> socket.socket:
     return sock
 
 
+def serving_config(tag: str, workers: int, threads: int, batching: dict | None) -> dict:
+    classify: dict = {"models": [tag]}
+    if batching:
+        classify["batching"] = batching
+    return {"endpoints": {"classify": classify}, "workers": workers, "threads": threads}
+
+
+# ------------------------------------------------------------------------------------------------ requests
+
+@dataclass(frozen=True)
+class Body:
+    """One request, as the load generator sends it over and over."""
+
+    path: str
+    content_type: str
+    data: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def multipart(png: bytes, k: int = 5) -> Body:
+    boundary = "specservebench7d1f"
+    data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"image.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n--{boundary}--\r\n").encode()
+    return Body("/classify", f"multipart/form-data; boundary={boundary}", data)
+
+
+def kserve_bytes(png: bytes, k: int = 5) -> Body:
+    """The same PNG and k as a KServe v2 request with the binary tensor extension (for PyTriton)."""
+    header = json.dumps({"inputs": [
+        {"name": "image", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + len(png)}},
+        {"name": "k", "shape": [1, 1], "datatype": "INT32", "data": [k]}],
+        "outputs": [{"name": "result", "parameters": {"binary_data": False}}]}).encode()
+    return Body("/v2/models/classify/infer", "application/octet-stream",
+                header + len(png).to_bytes(4, "little") + png, (("Inference-Header-Content-Length", str(len(header))),))
+
+
+# ------------------------------------------------------------------------------------------------ load generators
+
+def _seconds(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "secs": 1.0}[unit]
+
+
+def parse_hey(text: str) -> tuple[int, int, float, float]:
+    """(200 answers, errors, p50 ms, p99 ms) from hey's summary."""
+    statuses = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", text)}
+    failed = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+(?!\d+ responses)", text, flags=re.M))
+    percentiles = {int(q): float(s) * 1000 for q, s in re.findall(r"(\d+)%+ in ([0-9.]+) secs", text)}
+    ok = statuses.get(200, 0)
+    return ok, sum(statuses.values()) - ok + failed, percentiles.get(50, float("nan")), percentiles.get(99,
+                                                                                                     float("nan"))
+
+
+def parse_wrk(text: str) -> tuple[int, int, float, float]:
+    """(200 answers, errors, p50 ms, p99 ms) from `wrk --latency`."""
+    requests = int(re.search(r"(\d+) requests in", text)[1])  # type: ignore[index]
+    non_2xx = int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
+    sockets = sum(int(n) for n in m.groups()) if (m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)) else 0
+    lat = {int(q): _seconds(v, u) * 1000 for q, v, u in re.findall(r"^\s+(\d+)%\s+([0-9.]+)(us|ms|s|m)\s*$", text,
+                                                                   flags=re.M)}
+    return requests - non_2xx, non_2xx + sockets, lat.get(50, float("nan")), lat.get(99, float("nan"))
+
+
+WRK_SCRIPT = """
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
+local extra = os.getenv("BENCH_HEADER")
+if extra and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+"""
+
+
+def client_command(client: str, url: str, body: Body, body_file: Path, concurrency: int, seconds: float,
+                   work: Path) -> tuple[list[str], dict[str, str]]:
+    if client == "hey":
+        command = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST", "-T", body.content_type,
+                   "-D", str(body_file), "-t", "60", "-disable-compression"]
+        for name, value in body.headers:
+            command += ["-H", f"{name}: {value}"]
+        return [*command, url], {}
+    script = work / "wrk.lua"
+    script.write_text(WRK_SCRIPT)
+    threads = max(1, min(2, concurrency))
+    env = {"BENCH_BODY": str(body_file), "BENCH_TYPE": body.content_type,
+           "BENCH_HEADER": ", ".join(f"{n}: {v}" for n, v in body.headers)}
+    return ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s", "--latency",
+            "--timeout", "60s", "-s", str(script), url], env
+
+
+def run_client(command: list[str], env: dict[str, str], log: Path) -> tuple[str, float, float]:
+    """(output, wall seconds, the client's CPU seconds from its own rusage)."""
+    began = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - began
+    text = log.read_text()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {text[-1000:]}")
+    return text, wall, usage.ru_utime + usage.ru_stime
+
+
+def measure(server: Server, body: Body, body_file: Path, client: str, concurrency: int, seconds: float,
+            warmup: float, work: Path) -> Level:
+    url = f"http://127.0.0.1:{server.port}{body.path}"
+    if warmup > 0:
+        command, env = client_command(client, url, body, body_file, concurrency, warmup, work)
+        run_client(command, env, work / "warmup.txt")
+    command, env = client_command(client, url, body, body_file, concurrency, seconds, work)
+    cpu_before = server.cpu_seconds()
+    text, wall, client_cpu = run_client(command, env, work / f"{server.name}-{concurrency}.txt")
+    server_cpu = server.cpu_seconds() - cpu_before
+    ok, errors, p50, p99 = (parse_hey if client == "hey" else parse_wrk)(text)
+    return Level(server.name, concurrency, ok, errors, wall, p50_ms=p50, p99_ms=p99, server_cpu_s=server_cpu,
+                 client_cpu_s=client_cpu)
+
+
 async def load(server: Server, concurrency: int, seconds: float, warmup: float, png: bytes, path: str = "/classify",
                field: str = "images", values: dict[str, str] | None = None) -> Level:
-    """`concurrency` clients posting `png` (as file `field`, with `values`; default k=5) to `path` back to back;
-    counts only what completes after `warmup`."""
+    """An async aiohttp client (used by benchmarks/soak.py): `concurrency` clients posting `png` (as file `field`,
+    with `values`; default k=5) to `path` back to back; counts only what completes after `warmup`."""
     url = f"http://127.0.0.1:{server.port}{path}"
     values = {"k": "5"} if values is None else values
     latencies: list[float] = []
@@ -164,7 +387,7 @@ async def load(server: Server, concurrency: int, seconds: float, warmup: float, 
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
 
-    async def client(http: aiohttp.ClientSession) -> None:
+    async def one_client(http: aiohttp.ClientSession) -> None:
         nonlocal errors
         while (sent := time.perf_counter()) < stop_at:
             form = aiohttp.FormData()
@@ -186,16 +409,11 @@ async def load(server: Server, concurrency: int, seconds: float, warmup: float, 
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        await asyncio.gather(*(one_client(http) for _ in range(concurrency)))
     return Level(server.name, concurrency, len(latencies), errors, seconds, latencies)
 
 
-def serving_config(tag: str, workers: int, threads: int, batching: dict | None) -> dict:
-    classify: dict = {"models": [tag]}
-    if batching:
-        classify["batching"] = batching
-    return {"endpoints": {"classify": classify}, "workers": workers, "threads": threads}
-
+# ------------------------------------------------------------------------------------------------ report
 
 def machine() -> str:
     return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}"
@@ -203,17 +421,18 @@ def machine() -> str:
 
 def table(levels: list[Level], baseline: str) -> str:
     base = {lv.concurrency: lv.throughput for lv in levels if lv.server == baseline}
-    rows = ["| server | concurrency | req/s | vs plain | p50 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    for lv in levels:
+    rows = ["| server | clients | req/s | vs plain | p50 ms | p99 ms | errors | server CPU s / 1k req | client CPU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for lv in sorted(levels, key=lambda lv: (lv.concurrency, ALL_SERVERS.index(lv.server)
+                                                if lv.server in ALL_SERVERS else 99)):
         ratio = lv.throughput / base[lv.concurrency] if base.get(lv.concurrency) else float("nan")
         rows.append(f"| {lv.server} | {lv.concurrency} | {lv.throughput:.0f} | {ratio:.2f} | {lv.percentile(50):.1f} "
-                    f"| {lv.percentile(99):.1f} | {lv.errors} |")
+                    f"| {lv.percentile(99):.1f} | {lv.errors} | {lv.cpu_per_1000:.2f} | {100 * lv.client_share:.0f} % |")
     return "\n".join(rows)
 
 
 def plot_latency(levels: list[Level], path: Path) -> None:
-    """p50 (solid) and p99 (dashed) latency against concurrency, one colour per server."""
+    """p50 (solid) and p99 (dashed) latency and throughput against concurrency, one colour per server."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +440,7 @@ def plot_latency(levels: list[Level], path: Path) -> None:
 
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
     for name in dict.fromkeys(lv.server for lv in levels):
-        mine = [lv for lv in levels if lv.server == name]
+        mine = sorted((lv for lv in levels if lv.server == name), key=lambda lv: lv.concurrency)
         xs = [lv.concurrency for lv in mine]
         line, = lat.plot(xs, [lv.percentile(50) for lv in mine], marker="o", label=f"{name} p50")
         lat.plot(xs, [lv.percentile(99) for lv in mine], linestyle="--", color=line.get_color(), label=f"{name} p99")
@@ -237,75 +456,162 @@ def plot_latency(levels: list[Level], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------------ main
+
+def peer_available(python: Path, peer: str) -> str | None:
+    """None when `python` can import the peer's framework, else why not."""
+    if not python.is_file():
+        return f"no peers Python at {python} (see benchmarks/peers/requirements.txt)"
+    check = subprocess.run([str(python), "-c", f"import {PEER_MODULE[peer]}"], capture_output=True, text=True)
+    return None if check.returncode == 0 else f"{PEER_MODULE[peer]} does not import: {check.stderr.strip()[-200:]}"
+
+
+def peer_env(python: Path) -> dict[str, str]:
+    """The peers' environment: PyTriton's Python stub must load the libpython of the interpreter whose standard
+    library it uses (Debian's libpython3.11 is 3.11.2; a newer 3.11 stdlib fails in it), hence its LIBDIR first."""
+    libdir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                            capture_output=True, text=True).stdout.strip()
+    paths = [p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p]
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | {
+        "LD_LIBRARY_PATH": os.pathsep.join(paths), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def card_file(tag: str, config: ServingConfig, work: Path) -> Path:
+    from models.artifact.store import load_from_store
+
+    stored = load_from_store(tag)
+    card = stored.card
+    path = work / "card.json"
+    path.write_text(json.dumps({"onnx": str(stored.onnx_path), "tag": stored.tag, "channels": card.input.channels,
+                                "size": list(card.input.size), "labels": card.labels,
+                                "intra_op_threads": config.ort_threads(),
+                                "max_image_pixels": config.limits.max_image_pixels}))
+    return path
+
+
+async def start_servers(names: list[str], args: argparse.Namespace, work: Path, env: dict[str, str],
+                        servers: list[Server]) -> list[str]:
+    """Start each server and wait until it is ready before starting the next (start-ups competing for 2 cores
+    time out: PyTriton's proxy allows its handshake 1 s); a peer that fails to start is tried once more, then
+    skipped. Appends to `servers` as they come up; returns the notes on skipped peers."""
+    batched = {"max_batch_size": args.max_batch, "max_wait_ms": args.max_wait_ms}
+    skipped: list[str] = []
+    config = ServingConfig.model_validate(serving_config(args.model, args.workers, args.threads, batched))
+    bentoml_bin = str(Path(sys.executable).with_name("bentoml"))
+    for name in names:
+        if name == "plain":
+            plain_config = work / "plain.yaml"
+            plain_config.write_text(yaml.safe_dump(serving_config(args.model, args.workers, args.threads, None)))
+            sock = listening_socket()
+            command = [sys.executable, "-m", "benchmarks.plain_app", "--fd", str(sock.fileno())]
+            servers.append(Server("plain", [command] * args.workers, {**env, "SPECSERVE_CONFIG": str(plain_config)},
+                                  sock.getsockname()[1], work / "plain.log", pass_fds=(sock.fileno(),)))
+            sock.close()  # the processes hold it now
+            await servers[-1].wait_ready()
+        elif name in ("specserve", "specserve-unbatched"):
+            path = work / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(serving_config(args.model, args.workers, args.threads,
+                                                          batched if name == "specserve" else None)))
+            port = free_port()
+            servers.append(Server(name, [[bentoml_bin, "serve", "service.service:SpecServe", "--host", "127.0.0.1",
+                                          "--port", str(port)]], {**env, "SPECSERVE_CONFIG": str(path)}, port,
+                                  work / f"{name}.log"))
+            await servers[-1].wait_ready()
+        else:
+            if why := peer_available(args.peers_python, name):
+                skipped.append(f"{name}: {why}")
+                continue
+            card = card_file(args.model, config, work)
+            for attempt in (1, 2):
+                port = free_port()
+                command = [str(args.peers_python), str(ROOT / "benchmarks" / "peers" / PEERS[name]), "--card",
+                           str(card), "--port", str(port), "--workers", str(args.workers), "--max-batch",
+                           str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+                server = Server(name, [command], peer_env(args.peers_python), port, work / f"{name}-{attempt}.log",
+                                ready_path=PEER_READY[name])
+                try:
+                    await server.wait_ready()
+                except RuntimeError as e:
+                    server.stop()
+                    print(f"{name} did not start (attempt {attempt}): {e}", flush=True)
+                    if attempt == 2:
+                        skipped.append(f"{name}: did not start twice ({e})")
+                    continue
+                servers.append(server)
+                break
+    return skipped
+
+
 async def main(args: argparse.Namespace) -> None:
+    if shutil.which(args.client) is None:
+        sys.exit(f"`{args.client}` is not installed: apt-get install {args.client}")
     load_at_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="serve_load-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENTOML_DO_NOT_TRACK": "True"}
     built = args.model is None
     if built:
         env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(work / "bentoml")
         args.model = build_model(work)
-    batched = {"max_batch_size": args.max_batch, "max_wait_ms": args.max_wait_ms}
-    # name → (batching, workers); the 1-worker variant shows what the second worker process buys
-    variants = {"bentoml": (None, args.workers), "bentoml batched": (batched, args.workers)}
-    if args.workers > 1:
-        variants["bentoml batched, 1 worker"] = (batched, 1)
-    bentoml_bin = str(Path(sys.executable).with_name("bentoml"))
+    png = digit_png()
+    bodies = {name: kserve_bytes(png) if name == "pytriton" else multipart(png) for name in ALL_SERVERS}
+    bodies["specserve-unbatched"] = bodies["specserve"]
     servers: list[Server] = []
+    levels: list[Level] = []
+    skipped: list[str] = []
+    idle: dict[str, float] = {}
     try:
-        plain_config = work / "plain.yaml"
-        plain_config.write_text(yaml.safe_dump(serving_config(args.model, args.workers, args.threads, None)))
-        sock = listening_socket()
-        plain = [sys.executable, "-m", "benchmarks.plain_app", "--fd", str(sock.fileno())]
-        servers.append(Server("plain starlette", [plain] * args.workers, {**env, "SPECSERVE_CONFIG": str(plain_config)},
-                              sock.getsockname()[1], work / "plain.log", pass_fds=(sock.fileno(),)))
-        sock.close()  # the processes hold it now
-        for name, (batching, workers) in variants.items():
-            stem = name.replace(" ", "_").replace(",", "")
-            config = work / f"{stem}.yaml"
-            config.write_text(yaml.safe_dump(serving_config(args.model, workers, args.threads, batching)))
-            port = free_port()
-            servers.append(Server(name, [[bentoml_bin, "serve", "service.service:SpecServe", "--port", str(port)]],
-                                  {**env, "SPECSERVE_CONFIG": str(config)}, port, work / f"{stem}.log"))
-        for server in servers:
-            await server.wait_ready()
-        png = digit_png()
-        levels = []
-        for concurrency in args.levels:
-            # Round-robin slices: each server gets `slices` turns of seconds/slices, so a change in background
-            # load while this level runs hits every server alike.
-            measured = {server.name: [] for server in servers}
-            for _ in range(args.slices):
-                for server in servers:
-                    measured[server.name].append(await load(server, concurrency, args.seconds / args.slices,
-                                                            args.warmup, png))
-            for server in servers:
-                level = Level.merge(measured[server.name])
-                print(f"{server.name:>16} c={concurrency:<3} {level.throughput:7.0f} req/s  "
-                      f"p50 {level.percentile(50):6.1f} ms  p99 {level.percentile(99):6.1f} ms  errors {level.errors}",
-                      flush=True)
-                levels.append(level)
+        # sequential: one server up at a time, all levels, then the next (no server's idle work — LitServe's
+        # workers poll their queues — lands on another's measurement); interleaved: all up, turns per level
+        groups = [[name] for name in args.servers] if args.order == "sequential" else [args.servers]
+        for names in groups:
+            first = len(servers)
+            skipped += await start_servers(names, args, work, env, servers)
+            running = servers[first:]
+            for server in running:  # what each costs doing nothing
+                before = server.cpu_seconds()
+                time.sleep(2)
+                idle[server.name] = (server.cpu_seconds() - before) / 2
+            for concurrency in args.levels:
+                for server in running:
+                    body = bodies[server.name]
+                    body_file = work / f"{server.name}.body"
+                    body_file.write_bytes(body.data)
+                    level = measure(server, body, body_file, args.client, concurrency, args.seconds, args.warmup,
+                                    work)
+                    print(f"{server.name:>20} c={concurrency:<4} {level.throughput:7.0f} req/s  p50 "
+                          f"{level.percentile(50):7.1f} ms  p99 {level.percentile(99):7.1f} ms  errors "
+                          f"{level.errors:<5} server CPU {level.cpu_per_1000:5.2f} s/1k req  client CPU "
+                          f"{100 * level.client_share:3.0f} %", flush=True)
+                    levels.append(level)
+            if args.order == "sequential":
+                for server in running:
+                    server.stop()
+        for note in skipped:
+            print(f"skipped {note}", flush=True)
     except BaseException:
         print(f"server logs and configs kept in {work}", file=sys.stderr)
         raise
     finally:
         for server in servers:
-            server.stop()
+            if any(p.poll() is None for p in server.processes):
+                server.stop()
     shutil.rmtree(work, ignore_errors=True)  # reached only on success
+    idle_note = ", ".join(f"{name} {100 * share:.0f} %" for name, share in idle.items())
     text = "\n".join([
-        "## serve_load: `classify` under load, BentoML service vs plain Starlette", "",
+        "## serve_load: `classify` under load — specserve, the same work in plain Starlette, and peers", "",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/serve_load.py', *sys.argv[1:]])}` — "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}.", "",
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {machine()}, load generator `{args.client}`.", "",
         f"Model `{args.model}`{' (specs/digits_cnn.yaml, initial weights)' if built else ''}, one 32×32 PNG per "
-        f"request, k=5. Every server (but `1 worker`): {args.workers} worker process(es) × "
-        f"{args.threads} thread(s), onnxruntime intra-op threads `auto`, loopback; `bentoml` = the service with no "
-        f"batching, `bentoml batched` = max_batch_size {args.max_batch}, max_wait_ms {args.max_wait_ms:g} (the "
-        f"shipped service/serving.yaml, unless the command says otherwise). {args.seconds:g} s measured per level "
-        f"and server, in {args.slices} slices taken in turn (each after {args.warmup:g} s unmeasured). `vs plain` = "
-        f"throughput / plain Starlette's at the same concurrency; errors = non-200 answers or failed connections. "
-        f"Load average {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end: other jobs shared "
-        f"the machine, so compare rows of one run, not runs.", "",
-        table(levels, "plain starlette")])
+        f"request, k=5, same decode, graph, session settings and answer everywhere. Every server: {args.workers} "
+        f"process(es)/replica(s)/instance(s); specserve and the peers batch up to {args.max_batch} requests "
+        f"(max wait {args.max_wait_ms:g} ms); plain does not batch. {args.seconds:g} s measured per point after "
+        f"{args.warmup:g} s unmeasured; servers measured {'one at a time (each alone on the machine, all levels)' if args.order == 'sequential' else 'all up at once, taking turns at each level'}. `vs plain` = throughput / plain's at the same concurrency; errors = non-200 "
+        f"answers and failed connections; server CPU = user + system seconds of all the server's processes per "
+        f"1,000 answers; client CPU = the load generator's share of the machine's {os.cpu_count()} cores (taken from "
+        f"the servers on this box). Idle CPU, 2 s before the first point: {idle_note or 'n/a'}. Load average "
+        f"{load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end: other jobs shared the machine, so "
+        f"compare rows of one run, not runs." + (f" Skipped: {'; '.join(skipped)}." if skipped else ""), "",
+        table(levels, "plain")])
     print("\n" + text)
     if not args.no_write:
         plot_latency(levels, ROOT / "benchmarks" / "figures" / "serve_latency.png")
@@ -317,16 +623,25 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="stored model tag to serve (default: build a throwaway one)")
-    p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level and server")
-    p.add_argument("--slices", type=int, default=5, help="turns per server and level (interleaved)")
-    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each slice")
+    p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64, 128])
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of the same load before each point")
+    p.add_argument("--servers", type=lambda s: s.split(","), default=list(ALL_SERVERS),
+                   help=f"comma-separated, of {', '.join(ALL_SERVERS)}, specserve-unbatched")
+    p.add_argument("--client", choices=["hey", "wrk"], default="hey", help="load generator (Debian packages)")
+    p.add_argument("--order", choices=["sequential", "interleaved"], default="sequential",
+                   help="one server up at a time (default), or all up and taking turns at each level")
+    p.add_argument("--peers-python", type=Path, default=DEFAULT_PEERS_PYTHON,
+                   help="the Python of the peers' virtual environment")
     p.add_argument("--workers", type=int, default=SHIPPED.workers)
     p.add_argument("--threads", type=int, default=SHIPPED.threads)
     p.add_argument("--max-batch", type=int, default=BATCHING.max_batch_size)
     p.add_argument("--max-wait-ms", type=float, default=BATCHING.max_wait_ms)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if unknown := set(args.servers) - {*ALL_SERVERS, "specserve-unbatched"}:
+        p.error(f"unknown server(s) {sorted(unknown)}")
+    return args
 
 
 if __name__ == "__main__":

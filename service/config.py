@@ -6,9 +6,11 @@ Every problem is a ConfigError naming the file and the field, so a bad config st
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,10 +32,18 @@ class _Strict(BaseModel):
 
 class ModelRef(_Strict):
     """One served model: `tag` is "name" (the newest stored version, resolved at start-up) or "name:version";
-    `int8` serves the stored quantized graph instead of the fp32 one."""
+    `int8` serves the stored quantized graph instead of the fp32 one, `fp16` the stored fp16 graph (for GPUs: the
+    CUDA provider runs it where it really works, the CPU provider elsewhere)."""
 
     tag: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}(:[A-Za-z0-9_.-]+)?$")
     int8: bool = False
+    fp16: bool = False
+
+    @model_validator(mode="after")
+    def _one_graph(self) -> "ModelRef":
+        if self.int8 and self.fp16:
+            raise ValueError("a served model runs one graph: int8 or fp16, not both")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +95,70 @@ class Limits(_Strict):
     max_prefix_length: int = Field(default=10_000, ge=1)
     max_generation_length: int = Field(default=2_000, ge=1)
     max_feature_rows: int = Field(default=1_024, ge=1, description="feature vectors per predict request")
+    max_request_pixels: int = Field(default=80_000_000, ge=1, description="decoded width × height summed over all "
+                                                                         "the images of one request (413 beyond)")
+
+
+class Cors(_Strict):
+    """Cross-origin requests from browsers: closed (no CORS headers at all) unless origins are listed."""
+
+    allow_origins: list[str] = Field(default_factory=list, description='exact origins ("https://app.example"); '
+                                                                       '"*" = any origin')
+    allow_headers: list[str] = Field(default_factory=lambda: ["authorization", "content-type", "x-api-key",
+                                                              "inference-header-content-length"])
+    max_age_s: int = Field(default=600, ge=0, description="how long browsers may cache a preflight answer")
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path) or '*'")
+        return origins
+
+
+Exposure = Literal["open", "key", "off"]
+
+
+class Access(_Strict):
+    """Who may call the server. With no API key configured every path is open (as on a laptop); with keys, every
+    request needs one (`Authorization: Bearer <key>` or `X-API-Key: <key>`, else 401) except /livez, /healthz and
+    /readyz, and /metrics and the API docs when set to "open". "off" answers 404 on them."""
+
+    api_key_sha256: list[str] = Field(default_factory=list, description="hex sha256 of each accepted key "
+                                                                        "(`printf %s KEY | sha256sum`)")
+    api_keys_env: str | None = Field(default="SPECSERVE_API_KEYS", description="environment variable holding "
+                                     "accepted keys in plain text, comma-separated (hashed at start-up)")
+    metrics: Exposure = "key"
+    docs: Exposure = Field(default="key", description="/, /docs.json and the demo page")
+    cors: Cors = Field(default_factory=Cors)
+    disclose_versions: bool = Field(default=False, description="library versions in /models (the parity proof's) "
+                                                               "and in the open inference protocol's metadata")
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _digests(cls, digests: list[str]) -> list[str]:
+        for digest in digests:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"{digest[:12]!r}...: not a lowercase hex sha256 digest (64 characters)")
+        return digests
+
+    def key_digests(self, environ: Mapping[str, str] | None = None) -> list[bytes]:
+        """sha256 digests of every accepted key: the configured ones and those in `api_keys_env`."""
+        environ = os.environ if environ is None else environ
+        plain = environ.get(self.api_keys_env, "") if self.api_keys_env else ""
+        keys = [k.strip() for k in plain.split(",") if k.strip()]
+        return [bytes.fromhex(d) for d in self.api_key_sha256] + [hashlib.sha256(k.encode()).digest() for k in keys]
+
+
+class Connections(_Strict):
+    """How long a client may hold a connection without making progress; past it the connection is closed."""
+
+    keep_alive_s: float = Field(default=5, gt=0, le=3600, description="idle between requests on one connection")
+    header_timeout_s: float = Field(default=10, gt=0, le=3600, description="from connecting (or the previous "
+                                    "answer) to the end of the request headers, however slowly they trickle in")
+    body_timeout_s: float = Field(default=60, gt=0, le=3600, description="from the end of the headers to the end "
+                                                                         "of the body")
 
 
 class ServingConfig(_Strict):
@@ -99,6 +173,8 @@ class ServingConfig(_Strict):
     tracing: bool = Field(default=False, description="OpenTelemetry spans for API requests (BentoML's tracing config "
                                                      "chooses the exporter); off, no span is even created")
     limits: Limits = Field(default_factory=Limits)
+    access: Access = Field(default_factory=Access)
+    connections: Connections = Field(default_factory=Connections)
 
     @field_validator("intra_op_threads")
     @classmethod

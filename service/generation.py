@@ -39,22 +39,43 @@ def new_seed() -> int:
     return secrets.randbits(63)
 
 
+class Generation:
+    """The characters continuing `prefix`, computed one per `next_token()` call (the first call also feeds the
+    prefix): what `generate` joins, and what the streaming answer sends one event at a time. Checks the request
+    (unknown characters, top_k) when made, so a bad request fails before anything is sent."""
+
+    def __init__(self, model: ServedModel, prefix: str, length: int, temperature: float, top_k: int, seed: int):
+        self.vocab = vocabulary(model)
+        if top_k > len(self.vocab):
+            raise RequestError(UNPROCESSABLE, f"top_k {top_k} is more than the model's {len(self.vocab)} tokens")
+        self.model, self.length, self.temperature, self.top_k = model, length, temperature, top_k
+        self.allowed = np.array([len(token) == 1 for token in self.vocab])  # (V,)
+        self.rng = np.random.default_rng(seed)
+        self.context = np.asarray([encode(prefix, self.vocab)], dtype=np.int64)  # (1, T)
+        self.stateful = bool(model.card.io and model.card.io.state_in)
+        self.produced: list[int] = []
+        self._logits: np.ndarray | None = None
+        self._state: list[np.ndarray] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self.produced) == self.length
+
+    def next_token(self) -> str:
+        """The next character (one small graph call)."""
+        assert not self.done
+        if self._logits is None:
+            self._logits, *self._state = self.model.run(self.context, *self.model.zero_state(1))  # (1, T, V)
+        else:
+            step = np.asarray([[self.produced[-1]]], dtype=np.int64)  # (1, 1)
+            if not self.stateful:  # a stateless graph sees only what it is given: feed the whole text again
+                self.context = step = np.concatenate([self.context, step], axis=1)  # (1, T + n)
+            self._logits, *self._state = self.model.run(step, *self._state)
+        self.produced.append(sample_next(self._logits[0, -1], self.allowed, self.temperature, self.top_k, self.rng))
+        return self.vocab[self.produced[-1]]
+
+
 def generate(model: ServedModel, prefix: str, length: int, temperature: float, top_k: int, seed: int) -> str:
     """`length` characters continuing `prefix`."""
-    vocab = vocabulary(model)
-    if top_k > len(vocab):
-        raise RequestError(UNPROCESSABLE, f"top_k {top_k} is more than the model's {len(vocab)} tokens")
-    allowed = np.array([len(token) == 1 for token in vocab])  # (V,)
-    rng = np.random.default_rng(seed)
-    context = np.asarray([encode(prefix, vocab)], dtype=np.int64)  # (1, T)
-    stateful = bool(model.card.io and model.card.io.state_in)
-    logits, *state = model.run(context, *model.zero_state(1))  # (1, T, V), each (1, L, H)
-    produced: list[int] = []
-    while True:
-        produced.append(sample_next(logits[0, -1], allowed, temperature, top_k, rng))
-        if len(produced) == length:
-            return "".join(vocab[i] for i in produced)
-        step = np.asarray([[produced[-1]]], dtype=np.int64)  # (1, 1)
-        if not stateful:  # a stateless graph sees only what it is given: feed the whole text again
-            context = step = np.concatenate([context, step], axis=1)  # (1, T + n)
-        logits, *state = model.run(step, *state)
+    generation = Generation(model, prefix, length, temperature, top_k, seed)
+    return "".join(generation.next_token() for _ in range(length))

@@ -32,9 +32,23 @@ class Decoded:
     image: Image.Image  # the upload decoded at its own size, in the model's mode (used for overlays)
 
 
-def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+class PixelBudget:
+    """The pixels one request may have decoded, all its images together (`limits.max_request_pixels`)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.spent = limit, 0
+
+    def spend(self, name: str, width: int, height: int) -> None:
+        self.spent += width * height
+        if self.spent > self.limit:
+            raise RequestError(TOO_LARGE, f"{name}: with it the request's images have {self.spent:,} pixels, more "
+                                          f"than the limit of {self.limit:,} per request")
+
+
+def open_image(data: bytes, name: str, max_pixels: int, budget: PixelBudget | None = None) -> Image.Image:
     """Decode `data` fully, refusing non-images (415), corrupt or truncated files (400) and images of more than
-    `max_pixels` pixels (413, checked from the header before any pixel is decoded)."""
+    `max_pixels` pixels or beyond the request's `budget` (413, checked from the header before any pixel is
+    decoded)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -49,6 +63,8 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise RequestError(TOO_LARGE, f"{name}: {width}×{height} = {width * height:,} pixels, "
                                       f"the limit is {max_pixels:,}")
+    if budget is not None:
+        budget.spend(name, width, height)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -70,9 +86,10 @@ def to_mode(img: Image.Image, channels: int, name: str) -> tuple[Image.Image, st
     return img.convert(target), f"{img.mode}→{target}"
 
 
-def decode_image(data: bytes, name: str, channels: int, size: tuple[int, int], max_pixels: int) -> Decoded:
+def decode_image(data: bytes, name: str, channels: int, size: tuple[int, int], max_pixels: int,
+                 budget: PixelBudget | None = None) -> Decoded:
     """Upload bytes → `Decoded` at the model's (H, W) `size` and channel count."""
-    original = open_image(data, name, max_pixels)
+    original = open_image(data, name, max_pixels, budget)
     img, converted = to_mode(original, channels, name)
     height, width = size
     resized = img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BILINEAR)

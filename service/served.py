@@ -7,23 +7,29 @@ which would otherwise land on the first user's request.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import bentoml
 import numpy as np
 import onnxruntime as ort
+import yaml
 
+from models.artifact.isa import isa_warning
 from models.task_table import for_endpoint
 from models.artifact.card import ImageInput, ModelCard, SeriesInput, TokenInput
 from models.artifact.runtime import make_session
 from models.artifact.store import StoredModel, model_store, verify_stored
-from service.config import EndpointConfig, ModelRef
+from service.config import EndpointConfig, ModelRef, ServingConfig
 from service.errors import NOT_FOUND, RequestError
 from service.schemas import EndpointInfo, ModelInfo
 from models.errors import SpecserveError
 
+logger = logging.getLogger("specserve")
 T = TypeVar("T")
+SPECS = Path(__file__).resolve().parents[1] / "specs"  # the project's specs (absent inside a built bento)
 
 
 
@@ -37,6 +43,7 @@ class ServedModel:
     stored: StoredModel
     session: ort.InferenceSession
     int8: bool = False
+    fp16: bool = False
 
     @property
     def card(self) -> ModelCard:
@@ -73,15 +80,18 @@ class ServedModel:
         for batch in batch_sizes:
             self.run(self.example(batch), *self.zero_state(batch))
 
-    def describe(self) -> ModelInfo:
-        """What /models reports about this model."""
+    def describe(self, disclose_versions: bool = True) -> ModelInfo:
+        """What /models reports about this model; without `disclose_versions`, no library versions (the parity
+        proof records those of torch, onnx and onnxruntime)."""
         card = self.card
+        parity = self.stored.parity if disclose_versions else {
+            k: v for k, v in self.stored.parity.items() if k != "versions"}
         return ModelInfo(name=self.name, tag=self.tag, version=self.tag.split(":")[1], task=card.task,
                          input=card.input.model_dump(mode="json"), labels=card.labels,
                          vocab_size=len(card.input.vocab) if isinstance(card.input, TokenInput) else None,
-                         metrics=card.metrics, graph="int8" if self.int8 else "fp32",
+                         metrics=card.metrics, graph="int8" if self.int8 else "fp16" if self.fp16 else "fp32",
                          exported_at=card.exported_at.isoformat() if card.exported_at else None,
-                         providers=self.session.get_providers(), parity=self.stored.parity)
+                         providers=self.session.get_providers(), parity=parity)
 
 
 def declare_models(refs: Iterable[ModelRef]) -> Callable[[type[T]], type[T]]:
@@ -105,6 +115,40 @@ def _find(tag: str) -> bentoml.Model:
         return bentoml.models.get(tag)
 
 
+def spec_for(name: str, specs: Path = SPECS) -> Path | None:
+    """The spec file in `specs` whose `name:` is `name` (read as YAML only, never as a spec), if there is one."""
+    for path in sorted(specs.glob("*.yaml")) if specs.is_dir() else []:
+        try:
+            if (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("name") == name:
+                return path
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    return None
+
+
+def check_stored(config: ServingConfig, source: Path) -> None:
+    """ServingError, one line, for the first configured model that is in neither store `_find` reads: which model,
+    which store, and the command that would make it. (BentoML would otherwise try to download it and fail with
+    "No cloud context default found".)"""
+    for endpoint, endpoint_config in config.endpoints.items():
+        for ref in endpoint_config.models:
+            try:
+                _find(ref.tag)
+            except bentoml.exceptions.NotFound:
+                pass
+            except Exception:  # a damaged entry is reported, with its own message, when it is loaded
+                continue
+            else:
+                continue
+            spec = spec_for(ref.name)
+            make = (f"specserve run {spec.relative_to(SPECS.parent) if spec else f'<the spec named {ref.name}>'}"
+                    if ":" not in ref.tag else f"specserve run <its spec> (version {ref.tag.split(':')[1]} "
+                                                f"cannot be made again; name another)")
+            raise ServingError(f"{endpoint}: model {ref.tag} (serving config {source}) is not in the model store "
+                               f"{model_store()._path}; make it with `{make}`, or serve stored models "
+                               f"with `specserve serve`")
+
+
 def load_model(ref: ModelRef, endpoint: str, threads: int) -> ServedModel:
     """Load, verify and open `ref` for `endpoint`; ServingError if it cannot serve there."""
     try:
@@ -121,7 +165,15 @@ def load_model(ref: ModelRef, endpoint: str, threads: int) -> ServedModel:
         if stored.int8_path is None:
             raise ServingError(f"{endpoint}: {stored.tag} has no int8 graph (int8: true in the serving config)")
         path = stored.int8_path
-    return ServedModel(ref.name, stored, make_session(path, threads), ref.int8)
+        warning = isa_warning(stored.tag, stored.quantized_for)
+        if warning:
+            logger.warning(warning)
+    elif ref.fp16:
+        if stored.fp16_path is None:
+            raise ServingError(f"{endpoint}: {stored.tag} has no fp16 graph (fp16: true in the serving config; "
+                               f"export it with `export: {{fp16: true}}`)")
+        path = stored.fp16_path
+    return ServedModel(ref.name, stored, make_session(path, threads), ref.int8, fp16=ref.fp16)
 
 
 @dataclass
@@ -143,8 +195,9 @@ class EndpointModels:
             raise RequestError(NOT_FOUND, f"unknown model {name!r} for {self.endpoint}; served: {known}")
         return served
 
-    def describe(self) -> EndpointInfo:
-        return EndpointInfo(default=self.default or None, models=[m.describe() for m in self.by_name.values()])
+    def describe(self, disclose_versions: bool = True) -> EndpointInfo:
+        return EndpointInfo(default=self.default or None,
+                            models=[m.describe(disclose_versions) for m in self.by_name.values()])
 
 
 def load_endpoint(endpoint: str, config: EndpointConfig | None, threads: int) -> EndpointModels:

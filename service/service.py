@@ -1,33 +1,68 @@
 """specserve's HTTP service: stored ONNX models behind one endpoint per row of models/task_table.py (classify,
-segment, generate, forecast, predict), /models, and /demo.
+segment, generate, forecast, predict), /models, /demo, and the same models under the Open Inference Protocol at /v2
+(service/kserve.py).
 
-Which models serve which endpoint, the default of each, process/thread counts and request limits come from the
-serving config (service/config.py); request limits also appear in the parameters' schemas in /docs.json.
+Which models serve which endpoint, the default of each, process/thread counts, request limits, API keys, CORS and
+connection timeouts come from the serving config (service/config.py); request limits also appear in the
+parameters' schemas in /docs.json. In front of it all stands service/gate.py (unknown paths, keys, CORS, the docs
+page); each connection is watched by service/connections.py (slow or idle clients are cut off).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 import bentoml
+from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
+from models.errors import SpecserveError
 from models.task_table import ENDPOINTS
-from service import demo, generation, regression, series, vision
-from service.config import load_config
+from service import connections, demo, generation, kserve, regression, series, streaming, vision
+from service.config import config_path, load_config
 from service.errors import answers_errors
+from service.gate import SWAGGER, Gate, gated
+from service.images import PixelBudget
 from service.schemas import ClassifyResult, ForecastResult, GenerateResult, ModelsResult, PredictResult, SegmentResult
-from service.served import declare_models, load_endpoint
-from service.uploads import UploadGuard
+from service.served import ServingError, check_stored, declare_models, load_endpoint
+from service.uploads import RawImageRoute, UploadGuard
 
-CONFIG = load_config()
+
+class StartupError(ServingError, BentoMLException):
+    """A bad serving config or a configured model missing from the store. As a BentoMLException, `bentoml serve`
+    prints its message as one line and exits, instead of a traceback (or, for a missing model, BentoML's own
+    attempt to download it: "No cloud context default found")."""
+
+
+try:
+    CONFIG = load_config()
+    check_stored(CONFIG, config_path())
+except SpecserveError as e:
+    raise StartupError(str(e)) from None
 LIMITS = CONFIG.limits
+connections.install(CONFIG.connections)
+logging.getLogger("specserve").setLevel(logging.INFO)  # BentoML's workers log WARNING and up from other loggers
+OPEN_INFERENCE = kserve.OpenInference(CONFIG)
+DOC = ("specserve: models made from YAML specs, served from their parity-proven ONNX graphs. Task endpoints below "
+       "(POST, JSON or multipart); what is served: POST /models; the same models under the Open Inference Protocol "
+       "(KServe v2) at /v2; health: /livez, /readyz.")
 ModelName = Annotated[str | None, Field(description="a served model's name or name:version; none = the default")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def accept_header() -> str | None:
+    """The Accept header of the request being answered (None outside a request, e.g. a call in-process)."""
+    try:
+        return SpecServe.context.request.headers.get("accept")
+    except LookupError:
+        return None
+
+
 @bentoml.service(**CONFIG.service_options())
 @bentoml.asgi_app(demo.app, path="/demo")
+@bentoml.asgi_app(OPEN_INFERENCE.app, path="/v2")
 @declare_models(CONFIG.refs())
 class SpecServe:
     def __init__(self) -> None:
@@ -35,14 +70,18 @@ class SpecServe:
         self.endpoints = {name: load_endpoint(name, CONFIG.endpoints.get(name), threads)
                           for name in ENDPOINTS}
         batching = CONFIG.endpoints["classify"].batching if "classify" in CONFIG.endpoints else None
-        self.classifiers = vision.classifiers(self.endpoints["classify"], batching, LIMITS.max_image_pixels)
+        self.classifiers = vision.classifiers(self.endpoints["classify"], batching, LIMITS.max_image_pixels,
+                                              LIMITS.max_request_pixels)
+        self.stream_limiter = anyio.CapacityLimiter(CONFIG.threads)  # generation steps of event streams at once
 
     @bentoml.api
     @answers_errors
     async def classify(self, images: Annotated[list[Path], Field(min_length=1, max_length=LIMITS.max_images)],
                        k: Annotated[int, Field(ge=1, le=1000)] = 5, model: ModelName = None) -> ClassifyResult:
         """Top-k labels with probabilities for each uploaded image (PNG, JPEG, BMP, GIF, WebP), converted to the
-        model's channels and resized to its input size. Concurrent requests are batched (serving config)."""
+        model's channels and resized to its input size. Concurrent requests are batched (serving config). Also
+        takes one image as the raw body (Content-Type image/png, image/jpeg, ...) with k and model in the query
+        string: `curl --data-binary @digit.png -H 'Content-Type: image/png' 'http://host/classify?k=3'`."""
         served = self.endpoints["classify"].pick(model)
         results = await self.classifiers[served.name](vision.ClassifyJob(images, k))
         return ClassifyResult(model=served.tag, results=results)
@@ -53,7 +92,8 @@ class SpecServe:
         """Per-pixel classes of one image: the class-index mask (palette PNG at the upload's size), pixel shares
         per class, and with overlay=true the upload tinted by class."""
         served = self.endpoints["segment"].pick(model)
-        decoded = vision.decode_for(served, image.read_bytes(), "image", LIMITS.max_image_pixels)
+        decoded = vision.decode_for(served, image.read_bytes(), "image", LIMITS.max_image_pixels,
+                                    PixelBudget(LIMITS.max_request_pixels))
         return vision.segment(served, decoded, overlay)
 
     @bentoml.api
@@ -83,9 +123,15 @@ class SpecServe:
                  top_k: Annotated[int, Field(ge=0, description="sample among the k best; 0 = all")] = 0,
                  seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None,
                  model: ModelName = None) -> GenerateResult:
-        """A continuation of `prefix` by a character model (temperature 0 = greedy; same seed, same text)."""
+        """A continuation of `prefix` by a character model (temperature 0 = greedy; same seed, same text). With
+        `Accept: text/event-stream` the answer is a stream of server-sent events instead: `start` (model, seed),
+        one `token` event per character, `end` (the whole text); a client that disconnects stops the generation."""
         served = self.endpoints["generate"].pick(model)
         seed = generation.new_seed() if seed is None else seed
+        if streaming.wants_stream(accept_header()):
+            started = generation.Generation(served, prefix, length, temperature, top_k, seed)  # 4xx before streaming
+            return streaming.TokenStream(started, {"model": served.tag, "seed": seed, "prefix": prefix,
+                                                   "length": length}, self.stream_limiter)
         text = generation.generate(served, prefix, length, temperature, top_k, seed)
         return GenerateResult(model=served.tag, prefix=prefix, text=text, seed=seed)
 
@@ -93,8 +139,13 @@ class SpecServe:
     def models(self) -> ModelsResult:
         """What is served: per endpoint that serves a model, its default and each model's tag, task, input, labels
         or vocabulary, metrics and parity proof."""
-        return ModelsResult(endpoints={name: ep.describe() for name, ep in self.endpoints.items() if ep.by_name})
+        return ModelsResult(endpoints={name: ep.describe(CONFIG.access.disclose_versions)
+                                       for name, ep in self.endpoints.items() if ep.by_name})
 
 
 SpecServe.add_asgi_middleware(UploadGuard, max_bytes=LIMITS.max_upload_bytes, routes={
-    api.route: set(api.input_spec.multipart_fields) for api in SpecServe.apis.values()})
+    api.route: set(api.input_spec.multipart_fields) for api in SpecServe.apis.values()},
+    raw_images={"/classify": RawImageRoute("images", frozenset({"k", "model"}))})
+gated(SpecServe, lambda app: Gate(app, api_routes=[api.route for api in SpecServe.apis.values()],
+                                  access=CONFIG.access, digests=CONFIG.access.key_digests(),
+                                  other_path=kserve.known_path, swagger=SWAGGER), doc=DOC)

@@ -17,13 +17,20 @@ refused here first, with a 4xx that says what was wrong:
   otherwise treat the value as a URL and download it from the server (a request forgery surface). So is a file sent
   in any other field: BentoML would parse it as JSON text.
 
-Bodies of API calls are buffered here (at most `max_bytes`) and replayed to the app unchanged.
+* A raw image body (Content-Type image/png, image/jpeg, image/gif, image/bmp or image/webp) is taken on the routes
+  given `raw_images` (classify): it is replayed to the app as the multipart form it stands for — the image as the
+  route's file field, the query string's parameters (only those the API takes) as its other fields — so BentoML
+  parses, validates and documents one API, and the image is decoded and checked like any upload.
+
+Bodies of API calls are buffered here (at most `max_bytes`) and replayed to the app unchanged (or, raw images, as
+their form).
 """
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
@@ -37,6 +44,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MULTIPART, URLENCODED = "multipart/form-data", "application/x-www-form-urlencoded"
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 # Starlette's Request.form() defaults, which BentoML uses; beyond them Starlette raises (and BentoML answers 500).
 MAX_FORM_FIELDS = 1000
 MAX_FORM_FILES = 1000
@@ -46,6 +54,13 @@ MAX_FORM_VALUE_BYTES = 1024 * 1024
 class FormPart(NamedTuple):
     name: str
     is_file: bool
+
+
+class RawImageRoute(NamedTuple):
+    """A route that also takes a raw image body: its file field, and the other fields the query string may set."""
+
+    file_field: str
+    fields: frozenset[str]
 
 
 def bentoml_media_type(headers: dict[str, bytes]) -> str:
@@ -172,16 +187,21 @@ def misplaced_parts(parts: list[tuple[str, bool]], file_fields: set[str]) -> str
     return None
 
 
-def header_problem(path: str, headers: dict[str, bytes], file_fields: set[str]) -> RequestError | None:
-    """What is wrong with a request's Content-Encoding or Content-Type for the API at `path`, or None."""
+def header_problem(path: str, headers: dict[str, bytes], file_fields: set[str],
+                   raw_images: bool = False) -> RequestError | None:
+    """What is wrong with a request's Content-Encoding or Content-Type for the API at `path`, or None.
+    raw_images: the API also takes a raw image body."""
     encoding = headers.get("content-encoding", b"identity").strip().lower()
     if encoding not in (b"", b"identity"):
         return RequestError(UNSUPPORTED, f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send "
                                          f"the body uncompressed")
     media = bentoml_media_type(headers)
+    if raw_images and media.lower() in RAW_IMAGE_TYPES:
+        return None
     if file_fields and media != MULTIPART:
-        return RequestError(UNSUPPORTED, f"{path} takes {MULTIPART} (file field: {', '.join(sorted(file_fields))}), "
-                                         f"got Content-Type {media or 'none'!r}")
+        also = f" or a raw image body ({', '.join(RAW_IMAGE_TYPES)})" if raw_images else ""
+        return RequestError(UNSUPPORTED, f"{path} takes {MULTIPART} (file field: {', '.join(sorted(file_fields))})"
+                                         f"{also}, got Content-Type {media or 'none'!r}")
     if media == MULTIPART and b"boundary" not in parse_options_header(headers["content-type"])[1]:
         return RequestError(BAD_REQUEST, f"Content-Type {MULTIPART} without its boundary parameter")
     return None
@@ -203,10 +223,36 @@ def body_problem(body: bytes, headers: dict[str, bytes], file_fields: set[str]) 
     return RequestError(BAD_REQUEST, problem) if problem else None
 
 
+def raw_image_form(image: bytes, media: str, query: bytes, route: RawImageRoute) -> tuple[bytes, bytes]:
+    """(multipart body, its Content-Type) standing for a raw image body and the request's query parameters."""
+    try:
+        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=len(route.fields) * 4)
+    except ValueError as e:
+        raise RequestError(BAD_REQUEST, f"unreadable query string ({e})") from None
+    unknown = sorted({name for name, _ in params if name not in route.fields})
+    if unknown:
+        raise RequestError(BAD_REQUEST, f"query parameter {', '.join(unknown)}: not one of "
+                                        f"{', '.join(sorted(route.fields))}")
+    boundary = secrets.token_hex(16).encode()
+    parts = []
+    for name, value in params:
+        check_value(name, value.encode("utf-8"))
+        parts.append(b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+                     % (boundary, name.encode(), value.encode("utf-8")))
+    extension = media.split("/")[1]
+    parts.append(b'--%s\r\nContent-Disposition: form-data; name="%s"; filename="upload.%s"\r\n'
+                 b"Content-Type: %s\r\n\r\n" % (boundary, route.file_field.encode(), extension.encode(), media.encode()))
+    body = b"".join(parts) + image + b"\r\n--%s--\r\n" % boundary
+    return body, b"multipart/form-data; boundary=" + boundary
+
+
 class UploadGuard:
-    def __init__(self, app: ASGIApp, max_bytes: int, routes: dict[str, set[str]]):
-        """routes: API route path → names of its parameters that must be file uploads (other paths pass as is)."""
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: dict[str, set[str]],
+                 raw_images: dict[str, RawImageRoute] | None = None):
+        """routes: API route path → names of its parameters that must be file uploads (other paths pass as is);
+        raw_images: routes that also take a raw image body (see the module docstring)."""
         self.app, self.max_bytes, self.routes = app, max_bytes, routes
+        self.raw_images = raw_images or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
@@ -218,7 +264,8 @@ class UploadGuard:
             return await error_response(BAD_REQUEST, f"invalid Content-Length {declared!r}")(scope, receive, send)
         if int(declared) > self.max_bytes:
             return await self._too_large(scope, receive, send)
-        if problem := header_problem(scope["path"], headers, file_fields):
+        raw_route = self.raw_images.get(scope["path"])
+        if problem := header_problem(scope["path"], headers, file_fields, raw_images=raw_route is not None):
             return await problem.response()(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
@@ -231,7 +278,16 @@ class UploadGuard:
             if size > self.max_bytes:
                 return await self._too_large(scope, receive, send)
         body = b"".join(chunks)
-        if problem := body_problem(body, headers, file_fields):
+        media = bentoml_media_type(headers).lower()
+        if raw_route is not None and media in RAW_IMAGE_TYPES:
+            try:
+                body, content_type = raw_image_form(body, media, scope.get("query_string", b""), raw_route)
+            except RequestError as e:
+                return await e.response()(scope, receive, send)
+            kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+            scope = {**scope, "query_string": b"", "headers": [
+                *kept, (b"content-type", content_type), (b"content-length", str(len(body)).encode())]}
+        elif problem := body_problem(body, headers, file_fields):
             return await problem.response()(scope, receive, send)
         replayed = False
 

@@ -12,17 +12,18 @@ from models.artifact.card import ImageInput
 from service.batching import Batcher
 from service.config import Batching
 from service.errors import RequestError
-from service.images import Decoded, decode_image
+from service.images import Decoded, PixelBudget, decode_image
 from service.masks import class_mask, mask_png, overlay, png_base64, shares
 from service.schemas import ImageLabels, Label, SegmentResult
 from service.served import EndpointModels, ServedModel
 
 
-def decode_for(model: ServedModel, data: bytes, name: str, max_pixels: int) -> Decoded:
+def decode_for(model: ServedModel, data: bytes, name: str, max_pixels: int,
+               budget: PixelBudget | None = None) -> Decoded:
     """An upload decoded to `model`'s input channels and size (see service.images)."""
     spec = model.card.input
     assert isinstance(spec, ImageInput)  # image endpoints only load image models
-    return decode_image(data, name, spec.channels, spec.size, max_pixels)
+    return decode_image(data, name, spec.channels, spec.size, max_pixels, budget)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -48,15 +49,16 @@ class ClassifyJob:
     k: int
 
 
-def classify_jobs(model: ServedModel, jobs: Sequence[ClassifyJob],
-                  max_pixels: int) -> list[list[ImageLabels] | RequestError]:
+def classify_jobs(model: ServedModel, jobs: Sequence[ClassifyJob], max_pixels: int,
+                  max_request_pixels: int | None = None) -> list[list[ImageLabels] | RequestError]:
     """Answer several requests with one model call over all their images; a request with a bad image gets its
-    RequestError without failing the others."""
+    RequestError without failing the others. `max_request_pixels`: the pixels all images of one request may have."""
     decoded: list[list[Decoded] | RequestError] = []
     for job in jobs:
+        budget = PixelBudget(max_request_pixels) if max_request_pixels is not None else None
         try:
             decoded.append([decode_for(model, upload if isinstance(upload, bytes) else upload.read_bytes(),
-                                       f"images[{i}]", max_pixels) for i, upload in enumerate(job.uploads)])
+                                       f"images[{i}]", max_pixels, budget) for i, upload in enumerate(job.uploads)])
         except RequestError as e:
             decoded.append(e)
     images = [d for ds in decoded if not isinstance(ds, RequestError) for d in ds]
@@ -77,11 +79,12 @@ def classify_jobs(model: ServedModel, jobs: Sequence[ClassifyJob],
     return answers
 
 
-def classifiers(models: EndpointModels, batching: Batching | None,
-                max_pixels: int) -> dict[str, Batcher[ClassifyJob, list[ImageLabels]]]:
+def classifiers(models: EndpointModels, batching: Batching | None, max_pixels: int,
+                max_request_pixels: int | None = None) -> dict[str, Batcher[ClassifyJob, list[ImageLabels]]]:
     """A batcher per classify model; without a batching config each call carries one request."""
     size, wait = (batching.max_batch_size, batching.max_wait_ms) if batching else (1, 0.0)
-    return {name: Batcher(functools.partial(classify_jobs, served, max_pixels=max_pixels),
+    return {name: Batcher(functools.partial(classify_jobs, served, max_pixels=max_pixels,
+                                            max_request_pixels=max_request_pixels),
                           lambda job: len(job.uploads), size, wait) for name, served in models.by_name.items()}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models.cli import export_commands, spec_commands, train_commands  # noqa: F401  (register their commands)
+from models.cli import export_commands, serve_commands, spec_commands, train_commands  # noqa: F401  (register their commands)
 from models.cli.commands import COMMANDS
 from models.errors import SpecError, SpecserveError
 

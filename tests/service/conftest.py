@@ -25,8 +25,10 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
 def server(stored: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Server]:
     """A real `bentoml serve` of the stored test models on a free port, for one test module, stopped after. A module
-    may set SERVER_CONFIG, a dict of serving-config keys that replace live_server.serving_config's (e.g. workers)."""
+    may set SERVER_CONFIG, a dict of serving-config keys that replace live_server.serving_config's (e.g. workers),
+    and SERVER_ENV, environment variables for the server."""
     home, tags = stored
     overrides = getattr(request.module, "SERVER_CONFIG", None)
-    with serve(home, tags, tmp_path_factory.mktemp("server"), overrides=overrides) as running:
+    with serve(home, tags, tmp_path_factory.mktemp("server"), overrides=overrides,
+               extra_env=getattr(request.module, "SERVER_ENV", None)) as running:
         yield running

@@ -54,14 +54,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120,
-          overrides: dict | None = None, python_path: tuple[Path, ...] = ()) -> Iterator[Server]:
+          overrides: dict | None = None, python_path: tuple[Path, ...] = (),
+          extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     """`bentoml serve service.service:SpecServe` on a free loopback port until /readyz answers 200; the whole
-    process group is stopped on exit, whatever happened. `python_path` folders come before the project's."""
+    process group is stopped on exit, whatever happened. `python_path` folders come before the project's; `extra_env`
+    adds environment variables for the server."""
     config = workdir / "serving.yaml"
     config.write_text(yaml.safe_dump(serving_config(tags, overrides)))
     port, log = free_port(), workdir / "server.log"
     env = {**os.environ, "BENTOML_HOME": str(home), "SPECSERVE_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(map(str, (*python_path, ROOT))),
-           "BENTOML_DO_NOT_TRACK": "True"}
+           "BENTOML_DO_NOT_TRACK": "True", **(extra_env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen([str(BENTOML), "serve", "service.service:SpecServe", "--host", "127.0.0.1",
                                     "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -34,7 +34,7 @@ labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
 network: [flatten, {linear: {out: 10}}]
 data: {dataset: digits, batch_size: 32}
 train: {epochs: 3, optimizer: {adam: {lr: 0.05}}}
-export: {quantize: dynamic, max_accuracy_drop: 0.05}
+export: {quantize: dynamic, max_accuracy_drop: 0.05, require_int8_speedup: false}  # served from int8 (test), fast or not
 """,
     "test-shapes": """
 name: test-shapes

@@ -185,6 +185,8 @@ def test_non_utf8_bytes(http: httpx.Client) -> None:
     (None, b"{}")])
 def test_file_endpoints_take_only_multipart(http: httpx.Client, path: str, content_type: str | None,
                                             body: bytes) -> None:
+    if (path, content_type) == ("/classify", "image/png"):  # classify takes raw image bodies since issue 18
+        pytest.skip("raw image bodies on /classify: test_public_defaults.py::test_raw_image_refusals")
     headers = {"content-type": content_type} if content_type else {}
     assert_refused(http.post(path, content=body, headers=headers), 415, f"{path} takes multipart/form-data")
 

@@ -1,0 +1,110 @@
+"""Connections that make no progress are closed: slow headers, slow bodies, idle keep-alive.
+
+uvicorn (which each BentoML worker runs) closes a keep-alive connection only once it has answered on it, and its
+timer restarts on every byte received: a client that connects and sends nothing, or one header byte every few
+seconds (slowloris), or a body one byte at a time, holds a connection — and a file descriptor and a slot of the
+process — for ever. No uvicorn option bounds that, and BentoML passes only `--timeout-keep-alive` on to uvicorn.
+So the service installs `GuardedH11Protocol`, uvicorn's own h11 protocol with three deadlines that no trickle of
+bytes extends (`connections` in the serving config):
+
+* header_timeout_s — from the connection's start, or from the previous answer on it, to the end of the request's
+  headers;
+* body_timeout_s — from the end of the headers to the end of the body (the app then sees the client disconnect);
+* keep_alive_s — uvicorn's own idle timeout between requests.
+
+`install` points uvicorn's "auto" and "h11" protocol names at this class; it runs when the service module is
+imported, which BentoML's worker does before it builds its uvicorn.Config. (httptools is not installed here, so
+"auto" was h11 already.)
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h11
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.config import Connections
+
+logger = logging.getLogger("specserve.connections")
+SETTINGS = Connections()
+_PATH = f"{__name__}:GuardedH11Protocol"
+
+
+class GuardedH11Protocol(H11Protocol):
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = SETTINGS.keep_alive_s
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for: str | None = None  # "headers" or "body"
+
+    def _arm(self, waiting_for: str, seconds: float) -> None:
+        self._disarm()
+        self._waiting_for = waiting_for
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline, self._waiting_for = None, None
+
+    def _expired(self) -> None:
+        what, self._deadline = self._waiting_for, None
+        if self.transport.is_closing():
+            return
+        client = "%s:%d" % self.client if self.client else "a client"
+        logger.info("closed the connection of %s: its request %s took longer than %g s", client, what,
+                    SETTINGS.header_timeout_s if what == "headers" else SETTINGS.body_timeout_s)
+        if what == "headers" and self.conn.our_state is h11.IDLE:
+            self.send_408_and_close()
+        else:
+            self.transport.close()  # mid-body: the app sees http.disconnect
+
+    def send_408_and_close(self) -> None:
+        """A 408 written as raw bytes (h11 will not send an answer to a request it has not seen), then close."""
+        body = b'{"error": "request headers not received in time", "status": 408}'
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def _follow(self) -> None:
+        """(Re)arm the deadline that fits where the client's side of the exchange is."""
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            if self._waiting_for != "headers":
+                self._arm("headers", SETTINGS.header_timeout_s)
+        elif state is h11.SEND_BODY:
+            if self._waiting_for != "body":
+                self._arm("body", SETTINGS.body_timeout_s)
+        else:  # DONE, MUST_CLOSE, CLOSED, ERROR: nothing more is awaited from the client
+            self._disarm()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._follow()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.transport.is_closing():
+            self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing():
+            self._disarm()
+        elif self.conn.their_state is h11.IDLE:
+            self._disarm()  # between requests uvicorn's keep-alive timer applies; headers get theirs on first byte
+        else:
+            self._follow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def install(settings: Connections) -> None:
+    """Use GuardedH11Protocol with `settings` for the uvicorn servers this process starts."""
+    global SETTINGS
+    SETTINGS = settings
+    HTTP_PROTOCOLS["auto"] = HTTP_PROTOCOLS["h11"] = _PATH
