@@ -15,6 +15,9 @@ Runs go to runs/course/<row>/ (ignored by git). The table is written into README
 as figures under benchmarks/figures/: test accuracy against training time for the image classifiers, and
 perplexity per epoch for the language models. Times are the trainer's own per-epoch training time (evaluation
 excluded), on the hardware each run recorded in its metrics.json.
+
+The course's other experiments (weight decay, dropout, augmentation, fine-tuning: pairs of specs that differ in one
+thing) are benchmarks/course_experiments.py, in the same style, with its own BENCHMARKS.md section.
 """
 from __future__ import annotations
 

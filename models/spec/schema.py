@@ -235,7 +235,7 @@ class InitFrom(Section):
 class TrainSpec(Section):
     epochs: int = Field(default=10, ge=1, le=100_000)
     optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(sgd=SGDArgs()))
-    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=100)  # the course uses λ = 3 (D2L 3.7)
     decay_norm_and_bias: bool = Field(default=True, description="false: no weight decay on biases and norm layers")
     schedule: ScheduleSpec | None = None
     warmup_epochs: float = Field(default=0.0, ge=0)
