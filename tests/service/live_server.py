@@ -70,27 +70,37 @@ def serve(home: Path, tags: dict[str, str], workdir: Path, timeout: float = 120,
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_ready(process, url, log, timeout, "bentoml serve")
         yield Server(url, tags, log, process.pid)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+        stop_group(process)
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float, what: str) -> None:
+    """Until `url`/readyz answers 200; RuntimeError with the log's tail if the server exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited ({process.returncode}):\n{log.read_text()[-3000:]}")
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group (arbiter and workers), SIGKILL it if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def worker_pids(server: Server) -> list[int]:

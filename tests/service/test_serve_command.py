@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from live_server import ROOT, free_port
+from live_server import ROOT, free_port, stop_group, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -53,24 +51,10 @@ def serving(*args: str, home: Path, log: Path, timeout: float = 180) -> Iterator
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"specserve serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_ready(process, url, log, timeout, "specserve serve")
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def served(url: str) -> dict[str, list[str]]:
