@@ -19,7 +19,8 @@ overrides printed next to the spec; one command per row. Each experiment compare
 
 Runs go to runs/course_experiments/<row>/ (ignored by git); the script works from the repository root, where
 finetune_mnist.yaml's `backbone.weights: runs/course_experiments/finetune_source` resolves. Retraining the source
-(`--only finetune_source --fresh`) does not retrain the fine-tuned row: add `ft_mnist --fresh` for that.
+(`--only finetune_source --fresh`) does not retrain the rows fine-tuned from it: name them too
+(`--only finetune_source,ft_mnist,ft_mnist_gap --fresh`).
 
 Output: BENCHMARKS.md section course_experiments, figures benchmarks/figures/course_{weight_decay,dropout,
 augmentation,finetuning}.png, and the same text as a README block: written into README.md only where README.md
@@ -222,15 +223,12 @@ def _finetune_cells(row: Row, m: dict[str, Any]) -> list[Any]:
     return [dataset, f"**{acc[-1]:.3f}**", f"{acc[0]:.3f}", f"{top:.3f} (epoch {at})", f"{curve(m, 'test', 'loss')[-1]:.3f}"]
 
 
-def _plot_losses(ax, runs, log: bool, wide: tuple[str, ...] = ()) -> None:
-    """Training solid, test dashed, one colour per row; rows in `wide` drawn broad and pale, under the others (a
-    longer run of the same spec, identical over the epochs they share)."""
-    for row, m in sorted(runs, key=lambda rm: rm[0].key not in wide):
+def _plot_losses(ax, runs, log: bool) -> None:
+    """Training solid, test dashed, one colour per row."""
+    for row, m in runs:
         epochs = [e["epoch"] for e in m["history"]]
-        style = {"linewidth": 5, "alpha": 0.35} if row.key in wide else {}
-        line, = ax.plot(epochs, curve(m, "train", "loss"), label=f"{row.label}: training", **style)
-        ax.plot(epochs, curve(m, "test", "loss"), linestyle="--", color=line.get_color(), label=f"{row.label}: test",
-                **style)
+        line, = ax.plot(epochs, curve(m, "train", "loss"), label=f"{row.label}: training")
+        ax.plot(epochs, curve(m, "test", "loss"), linestyle="--", color=line.get_color(), label=f"{row.label}: test")
     if log:
         ax.set_yscale("log")
 
