@@ -323,7 +323,7 @@ def dropout(a: DropoutArgs, x: Signal) -> nn.Module:
 
 
 # ---------------------------------------------------------------- activations (all export to plain ONNX ops)
-def _register_plain(name: str, module: type[nn.Module], doc: str) -> None:
+def register_plain(name: str, module: type[nn.Module], doc: str) -> None:
     """A layer without arguments that is just `module()`."""
 
     def build(a: NoArgs, x: Signal) -> nn.Module:
@@ -333,11 +333,11 @@ def _register_plain(name: str, module: type[nn.Module], doc: str) -> None:
     register(name)(build)
 
 
-_register_plain("relu", nn.ReLU, "max(x, 0).")
-_register_plain("sigmoid", nn.Sigmoid, "1 / (1 + exp(-x)).")
-_register_plain("tanh", nn.Tanh, "Hyperbolic tangent.")
-_register_plain("flatten", nn.Flatten, "(…) → (product,): everything after the batch axis in one vector.")
-_register_plain("identity", nn.Identity, "Passes its input through unchanged (placeholder, default shortcut).")
+register_plain("relu", nn.ReLU, "max(x, 0).")
+register_plain("sigmoid", nn.Sigmoid, "1 / (1 + exp(-x)).")
+register_plain("tanh", nn.Tanh, "Hyperbolic tangent.")
+register_plain("flatten", nn.Flatten, "(…) → (product,): everything after the batch axis in one vector.")
+register_plain("identity", nn.Identity, "Passes its input through unchanged (placeholder, default shortcut).")
 
 
 class LeakyArgs(Args):

@@ -17,27 +17,19 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from models.layers.builtin import Args, IntOrPair, NoArgs, Signal, _positive, register
+from models.layers.builtin import Args, IntOrPair, Signal, _positive, register, register_plain
 
 
 def _pair(value: IntOrPair) -> tuple[int, int]:
     return value if isinstance(value, tuple) else (value, value)
 
 
-def _plain(name: str, module: type[nn.Module], doc: str) -> None:
-    def build(a: NoArgs, x: Signal) -> nn.Module:
-        return module()
-
-    build.__doc__ = doc
-    register(name)(build)
-
-
 # ---------------------------------------------------------------- activations
-_plain("relu6", nn.ReLU6, "min(max(x, 0), 6) (MobileNetV2).")
-_plain("hardswish", nn.Hardswish, "x · relu6(x + 3) / 6 (MobileNetV3).")
-_plain("hardsigmoid", nn.Hardsigmoid, "relu6(x + 3) / 6, a cheap sigmoid (MobileNetV3's SE gate).")
-_plain("silu", nn.SiLU, "x · sigmoid(x), also called swish (EfficientNet).")
-_plain("mish", nn.Mish, "x · tanh(softplus(x)).")
+register_plain("relu6", nn.ReLU6, "min(max(x, 0), 6) (MobileNetV2).")
+register_plain("hardswish", nn.Hardswish, "x · relu6(x + 3) / 6 (MobileNetV3).")
+register_plain("hardsigmoid", nn.Hardsigmoid, "relu6(x + 3) / 6, a cheap sigmoid (MobileNetV3's SE gate).")
+register_plain("silu", nn.SiLU, "x · sigmoid(x), also called swish (EfficientNet).")
+register_plain("mish", nn.Mish, "x · tanh(softplus(x)).")
 
 
 class EluArgs(Args):
