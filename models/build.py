@@ -8,7 +8,7 @@ the network materialised on the real device and initialised.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from pydantic import ValidationError
@@ -18,7 +18,8 @@ from models.errors import Location, Problem, SpecError, format_path
 from models.layers.init import apply_init
 from models.layers.builtin import LAYERS, Args, LayerType, RecurrentArgs, Recurrent, Signal
 from models.spec.expressions import Expr, ExprError, needs_shape, resolve
-from models.spec.network import ConcatNode, LayerNode, Node, OperatorNode, ResidualNode, SeqNode
+from models.spec.network import (ConcatNode, LayerNode, Node, OperatorNode, Output, Outputs, ResidualNode, SeqNode,
+                                 network_outputs)
 from models.spec.schema import Spec
 from models.spec.validation import validation_problems
 
@@ -35,6 +36,7 @@ class LayerInfo:
     macs: int  # multiply-adds per sample
     depth: int
     inputs: str = ""  # the names in its `from:` (empty: the previous entry)
+    training_only: bool = False  # part of an auxiliary head only: computed in training, not exported
 
 
 class Residual(nn.Module):
@@ -131,7 +133,8 @@ class SpecNet(nn.Module):
     """
 
     def __init__(self, task: str, backbone: nn.Sequential | None, body: nn.Sequential, stateful: bool,
-                 sample_output: tuple[int, ...], wires: list[tuple[int, ...]] | None = None):
+                 sample_output: tuple[int, ...], wires: list[tuple[int, ...]] | None = None,
+                 main: int | None = None, aux: dict[str, tuple[int, float]] | None = None):
         super().__init__()
         self.task = task
         self.sample_output = sample_output  # per-sample output shape found by shape inference, e.g. (classes,)
@@ -142,6 +145,34 @@ class SpecNet(nn.Module):
         self.wires = wires
         self._recurrent = [m for m in self._top_level() if isinstance(m, Recurrent)] if stateful else []
         self.state_size = sum(m.state_count for m in self._recurrent)
+        # outputs (spec `outputs`): slot of the main output (0 = the input, j + 1 = entry j) and, per auxiliary
+        # output, its slot and loss weight. forward computes only what the main output needs, so in evaluation and
+        # in the exported graph the auxiliary heads do not exist; forward_with_aux computes them too (training).
+        count = len(self._top_level())
+        self.main_slot = count if main is None else main + 1
+        self.aux_slots = {name: slot + 1 for name, (slot, _) in (aux or {}).items()}
+        self.aux_weights = {name: weight for name, (_, weight) in (aux or {}).items()}
+        assert wires is not None or (self.main_slot == count and not self.aux_slots), "outputs need the wiring"
+        self._for_main = self._needed((self.main_slot,))
+        self._for_all = self._needed((self.main_slot, *self.aux_slots.values()))
+
+    @property
+    def training_only(self) -> tuple[int, ...]:
+        """Top-level entries (backbone first) that only auxiliary outputs need: computed in training only."""
+        return tuple(i for i in range(len(self._top_level())) if i + 1 not in self._for_main)
+
+    def _needed(self, slots: tuple[int, ...]) -> frozenset[int]:
+        """The slots these outputs are computed from (themselves included)."""
+        if self.wires is None:
+            return frozenset(range(len(self._top_level()) + 1))
+        seen, stack = set(slots), list(slots)
+        while stack:
+            slot = stack.pop()
+            for source in self.wires[slot - 1] if slot else ():
+                if source not in seen:
+                    seen.add(source)
+                    stack.append(source)
+        return frozenset(seen)
 
     def _top_level(self) -> list[nn.Module]:
         parts = list(self.backbone) if hasattr(self, "backbone") else []
@@ -154,8 +185,9 @@ class SpecNet(nn.Module):
         return tuple(states)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+        """The main output (and state): what evaluation, export and serving compute."""
         if self.wires is not None:
-            return self._forward_wired(x, state)
+            return self._forward_wired(x, state, self._for_main)[0]
         if not self.state_size:
             return self.body(self.backbone(x)) if hasattr(self, "backbone") else self.body(x)
         new_state: list[torch.Tensor] = []
@@ -170,12 +202,24 @@ class SpecNet(nn.Module):
                 x = layer(x)
         return x, tuple(new_state)
 
-    def _forward_wired(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None):
+    def forward_with_aux(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+        """(what forward gives, {auxiliary output name: its value}): the training step's view of the network."""
+        if not self.aux_slots:
+            return self(x, state), {}
+        out, values = self._forward_wired(x, state, self._for_all)
+        return out, {name: values[slot] for name, slot in self.aux_slots.items()}
+
+    def _forward_wired(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None, needed: frozenset[int]):
+        """(output, every slot's value): entries outside `needed` are not run (their slots stay None). A token model
+        has no auxiliary outputs and no unused entries (both refused at load), so no recurrent layer is skipped."""
         assert self.wires is not None
-        values = [x]
+        values: list[torch.Tensor | None] = [x]
         new_state: list[torch.Tensor] = []
         taken = 0
-        for layer, slots in zip(self._top_level(), self.wires):
+        for i, (layer, slots) in enumerate(zip(self._top_level(), self.wires)):
+            if i + 1 not in needed:
+                values.append(None)
+                continue
             inputs = [values[s] for s in slots]
             if self.state_size and isinstance(layer, Recurrent):
                 own = None if state is None else tuple(state[taken: taken + layer.state_count])
@@ -185,7 +229,8 @@ class SpecNet(nn.Module):
             else:
                 y = layer(*inputs)
             values.append(y)
-        return (values[-1], tuple(new_state)) if self.state_size else values[-1]
+        main = values[self.main_slot]
+        return ((main, tuple(new_state)) if self.state_size else main), values
 
 
 # (layer kind, its arguments, input signal) → output signal: a built-in layer's output shape depends on nothing else,
@@ -206,12 +251,16 @@ class _Builder:
         where = node.where if node else "network"
         return SpecError.one(location or (node.location if node else None), where, message)
 
-    def wired(self, nodes: list[Node], x: Signal, depth: int) -> tuple[list[nn.Module], list[tuple[int, ...]], Signal]:
-        """Build a list of entries: their modules, the slots each reads (0 = the list's input) and the output."""
+    def wired(self, nodes: list[Node], x: Signal, depth: int,
+              starts: list[int] | None = None) -> tuple[list[nn.Module], list[tuple[int, ...]], list[Signal]]:
+        """Build a list of entries: their modules, the slots each reads (0 = the list's input) and every slot's
+        signal (the input, then each entry's output). `starts` collects each entry's first row in self.rows."""
         modules: list[nn.Module] = []
         wires: list[tuple[int, ...]] = []
         values = [x]
         for i, node in enumerate(nodes):
+            if starts is not None:
+                starts.append(len(self.rows))
             sources = node.sources if node.sources is not None else (i - 1,)
             slots = tuple(s + 1 for s in sources)
             labels = [self._label(nodes, s) for s in sources]
@@ -219,13 +268,13 @@ class _Builder:
             modules.append(module)
             wires.append(slots)
             values.append(y)
-        return modules, wires, values[-1]
+        return modules, wires, values
 
     def sequence(self, nodes: list[Node], x: Signal, depth: int) -> tuple[nn.Module, Signal]:
-        modules, wires, y = self.wired(nodes, x, depth)
+        modules, wires, values = self.wired(nodes, x, depth)
         if all(w == (i,) for i, w in enumerate(wires)):
-            return nn.Sequential(*modules), y
-        return Graph(modules, wires), y
+            return nn.Sequential(*modules), values[-1]
+        return Graph(modules, wires), values[-1]
 
     @staticmethod
     def _label(nodes: list[Node], source: int) -> str:
@@ -431,7 +480,9 @@ class Inferred:
 
     net: SpecNet
     rows: list[LayerInfo]
-    output: tuple[int, ...]
+    output: tuple[int, ...]  # the main output's per-sample shape
+    aux: dict[str, tuple[int, ...]] = field(default_factory=dict)  # auxiliary output name → its shape
+    outputs: Outputs | None = None
 
     @property
     def params(self) -> int:
@@ -449,8 +500,8 @@ def _input_signal(spec: Spec) -> Signal:
     return Signal(shape)
 
 
-def _check_output(spec: Spec, y: Signal) -> None:
-    where = spec.locate(("network",))
+def _check_output(spec: Spec, y: Signal, main: Output) -> None:
+    where = spec.locate(main.at)
     task, kind = spec.task, spec.input.kind
     n_labels = len(spec.labels) if spec.labels else None
     problem = None
@@ -472,7 +523,22 @@ def _check_output(spec: Spec, y: Signal) -> None:
     elif y.shape != (1,):
         problem = f"a {'forecaster' if kind == 'series' else 'regression model'} must end in (1,) per sample, got {y.shape}"
     if problem:
-        raise SpecError.one(where, "network", problem)
+        raise SpecError.one(where, format_path(main.at), problem)
+
+
+def _check_aux(spec: Spec, main: Output, y: Signal, aux: Output, a: Signal) -> None:
+    """An auxiliary output is trained with the task's loss on the main output's targets: it must have its shape."""
+    if a.shape == y.shape and a.dtype == y.dtype:
+        return
+    hint = ""
+    if len(a.shape) == len(y.shape) and a.shape[1:] == y.shape[1:] and spec.task in ("classification", "segmentation"):
+        hint = f"; give its last layer out: {y.shape[0]}"
+    elif spec.task == "segmentation" and len(a.shape) == 3 and a.shape[0] == y.shape[0]:
+        hint = f"; resize it to the input's size, e.g. resize: {{size: [{y.shape[1]}, {y.shape[2]}]}}"
+    raise SpecError.one(spec.locate(aux.at), format_path(aux.at),
+                        f"auxiliary output {aux.shown} gives {a.shape} per sample but the main output {main.shown} "
+                        f"gives {y.shape}: an auxiliary output is trained with the task's loss on the same targets, so "
+                        f"it must have the main output's shape{hint}")
 
 
 def infer(spec: Spec) -> Inferred:
@@ -480,15 +546,27 @@ def infer(spec: Spec) -> Inferred:
     builder = _Builder(spec)
     x = _input_signal(spec)
     nodes = [*spec.backbone_nodes, *spec.nodes]  # one list: the network may take from the backbone's named layers
-    modules, wires, y = builder.wired(nodes, x, 0)
-    _check_output(spec, y)
+    starts: list[int] = []
+    modules, wires, values = builder.wired(nodes, x, 0, starts)
+    outputs = network_outputs(spec)
+    y = values[outputs.main.index + 1]
+    _check_output(spec, y, outputs.main)
+    for aux in outputs.aux:
+        _check_aux(spec, outputs.main, y, aux, values[aux.index + 1])
     k = len(spec.backbone_nodes)
     backbone = nn.Sequential(*modules[:k]) if k else None
     body = nn.Sequential(*modules[k:])
-    chain = all(w == (i,) for i, w in enumerate(wires))
+    plain = outputs.main.index == len(nodes) - 1 and not outputs.aux
+    chain = plain and all(w == (i,) for i, w in enumerate(wires))
     stateful = spec.task == "sequence" and spec.input.kind == "tokens"
-    net = SpecNet(spec.task, backbone, body, stateful, y.shape, None if chain else wires)
-    return Inferred(net, builder.rows, y.shape)
+    aux = {a.name: (a.index, a.weight) for a in outputs.aux}
+    net = SpecNet(spec.task, backbone, body, stateful, y.shape, None if chain else wires, outputs.main.index, aux)
+    rows = builder.rows
+    ends = starts[1:] + [len(rows)]
+    for i in net.training_only:  # an entry only auxiliary heads need, and its nested rows: not in the export
+        rows[starts[i]:ends[i]] = [replace(r, training_only=True) for r in rows[starts[i]:ends[i]]]
+    shapes = {a.name: values[a.index + 1].shape for a in outputs.aux}
+    return Inferred(net, rows, y.shape, shapes, outputs)
 
 
 def build(spec: Spec, device: torch.device | str = "cpu", seed: int | None = None) -> SpecNet:
@@ -510,7 +588,8 @@ def summary_table(spec: Spec, inferred: Inferred | None = None) -> str:
     header = ("layer", "type", "output", "params", "mult-adds")
     lines = [(f"input", spec.input.kind, str(spec.input.sample_shape()), "", "")]
     for r in inferred.rows:
-        lines.append(("  " * r.depth + r.path + (f" ← {r.inputs}" if r.inputs else ""), r.kind, str(r.shape), f"{r.params:,}", f"{r.macs:,}" if r.macs else ""))
+        kind = f"{r.kind} (training only)" if r.training_only else r.kind
+        lines.append(("  " * r.depth + r.path + (f" ← {r.inputs}" if r.inputs else ""), kind, str(r.shape), f"{r.params:,}", f"{r.macs:,}" if r.macs else ""))
     total = ("total", "", str(inferred.output), f"{inferred.params:,}", f"{inferred.macs:,}")
     widths = [max(len(row[i]) for row in [header, *lines, total]) for i in range(5)]
 
@@ -518,4 +597,20 @@ def summary_table(spec: Spec, inferred: Inferred | None = None) -> str:
         return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
     rule = "-" * len(fmt(header))
-    return "\n".join([f"{spec.name} ({spec.task})", fmt(header), rule, *map(fmt, lines), rule, fmt(total)])
+    return "\n".join([f"{spec.name} ({spec.task})", fmt(header), rule, *map(fmt, lines), rule, fmt(total),
+                      *_outputs_lines(inferred)])
+
+
+def _outputs_lines(inferred: Inferred) -> list[str]:
+    """Below the table, when the spec has auxiliary outputs: which output is exported, which train only."""
+    outputs = inferred.outputs
+    if outputs is None or not outputs.aux:
+        return []
+    rows = [r for r in inferred.rows if r.training_only and r.depth == 0]
+    extra = sum(r.params for r in rows)
+    macs = sum(r.macs for r in inferred.rows if r.training_only)
+    lines = [f"main output {outputs.main.name} {inferred.output}: exported and served"]
+    lines += [f"auxiliary output {a.name} {inferred.aux[a.name]}: loss weight {a.weight:g}, training only"
+              for a in outputs.aux]
+    lines.append(f"training only: {len(rows)} entries, {extra:,} parameters, {macs:,} mult-adds (not in the export)")
+    return lines

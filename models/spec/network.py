@@ -674,8 +674,9 @@ class _Parser:
 
     # ------------------------------------------------------------------ wiring: names → sources
     def link(self, nodes: list[Node], outer: tuple[dict[str, Node], ...], prefix: tuple[Node, ...] = (),
-             is_block: bool = False) -> None:
-        """Resolve each entry's `from` to earlier entries of its list; then the lists nested in them."""
+             is_block: bool = False, roots: tuple[int, ...] | None = None) -> None:
+        """Resolve each entry's `from` to earlier entries of its list; then the lists nested in them. `roots`: the
+        entries (of prefix + nodes) whose outputs leave the list (the spec's outputs); None: the last entry."""
         every = list(prefix) + nodes
         start = len(prefix)
         index: dict[str, int] = {}
@@ -690,14 +691,15 @@ class _Parser:
                 continue
             index[n.name] = i
         if id(nodes) not in self.incomplete:
-            self._link_list(every, start, index, outer)
+            self._link_list(every, start, index, outer, roots)
         names_here = {n.name: n for n in every if n.name}
         for n in nodes:
             inner_outer = () if isinstance(n, SeqNode) and n.kind in self.spec.blocks else outer + (names_here,)
             for child in child_lists(n):
                 self.link(child, inner_outer)
 
-    def _link_list(self, every: list[Node], start: int, index: dict[str, int], outer) -> None:
+    def _link_list(self, every: list[Node], start: int, index: dict[str, int], outer,
+                   roots: tuple[int, ...] | None = None) -> None:
         targets: dict[int, list[int | None]] = {}
         for i in range(start, len(every)):
             if every[i].refs:
@@ -744,15 +746,23 @@ class _Parser:
                 n.sources = tuple(sources)
         if not ok:
             return
-        used: set[int] = set()
+        used: set[int] = set(roots if roots is not None else (len(every) - 1,))  # what leaves the list is used
         for k in range(len(every)):
             used.update(deps(k))
-        for k in range(start, len(every) - 1):
+        for k in range(start, len(every)):
             if k not in used:
-                n, taker = every[k], every[k + 1]
+                n = every[k]
                 named = f" and nothing takes '{n.name}'" if n.name else ""
-                self.fail(n.location, n.path, f"this entry's output is never used: {taker.where} takes from: "
-                                              f"{', '.join(r.name for r in taker.refs)} instead{named}; use it or remove it")
+                if k + 1 < len(every):
+                    taker = every[k + 1]
+                    self.fail(n.location, n.path, f"this entry's output is never used: {taker.where} takes from: "
+                                                  f"{', '.join(r.name for r in taker.refs)} instead{named}; use it or "
+                                                  "remove it")
+                else:  # the last entry, while outputs.main names another one
+                    main = self.spec.outputs.main if self.spec.outputs is not None else None
+                    self.fail(n.location, n.path, f"this entry's output is never used: it is the last entry, but the "
+                                                  f"main output is '{main}' (outputs.main){named}; make it an output "
+                                                  "or remove it")
         if start and start < len(every) and start - 1 not in used and self.spec.backbone is not None:
             first = every[start]
             self.fail(self.source.locate(("backbone", "until")), ("backbone", "until"),
@@ -774,11 +784,9 @@ class _Parser:
         return None
 
     def _unknown_ref(self, name: str, i: int, every: list[Node], outer: tuple[dict[str, Node], ...]) -> str:
-        for n in every:
-            for inner in _descendants(n):
-                if inner.name == name:
-                    return (f"'{name}' names {inner.where} ({inner.location}), inside {n.where}: names inside a nested "
-                            "list are not visible outside it; name the nested entry itself or move the entry out")
+        nested = _nested_name(name, every)
+        if nested:
+            return nested
         for scope in reversed(outer):
             if name in scope:
                 found = scope[name]
@@ -786,6 +794,112 @@ class _Parser:
                         "body, concat branch, group, repeat copy, block) sees only its own entries and 'input'")
         visible = [INPUT] + [every[k].name for k in range(i) if every[k].name]
         return f"no entry before this one is named '{name}'{_close(name, visible)}; names here: {', '.join(visible)}"
+
+
+def _nested_name(name: str, every: list[Node]) -> str | None:
+    """The message for a name that only an entry inside a nested list of `every` has, or None."""
+    for n in every:
+        for inner in _descendants(n):
+            if inner.name == name:
+                return (f"'{name}' names {inner.where} ({inner.location}), inside {n.where}: names inside a nested "
+                        "list are not visible outside it; name the nested entry itself or move the entry out")
+    return None
+
+
+# ---------------------------------------------------------------------- outputs: which entries leave the network
+# The main output is what export and serving compute; each auxiliary output is trained only (loss weight × the
+# task's loss on the same targets). Next-token models carry recurrent state from batch to batch through the one
+# output the step form exports, so they take no auxiliary outputs.
+NO_AUX = {("sequence", "tokens"): "a next-token model (task sequence on tokens) carries its recurrent state from "
+                                  "batch to batch through its one output, so it takes no auxiliary outputs"}
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of the network: the top-level entry (backbone entries first) whose value it is."""
+
+    index: int  # position in backbone_nodes + nodes
+    node: Node
+    at: tuple[str | int, ...]  # where it is written (YAML path): outputs.main, outputs.aux[i].from, or network
+    weight: float = 1.0  # an auxiliary output's factor in the training loss
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.where
+
+    @property
+    def shown(self) -> str:
+        """'name' (network[7].linear, file:line:column), for messages naming both outputs."""
+        n = self.node
+        return f"'{n.name}' ({n.where}, {n.location})" if n.name else f"{n.where} ({n.location})"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    main: Output
+    aux: tuple[Output, ...] = ()
+
+
+def resolve_outputs(spec: Spec, source: LocatedYaml, every: list[Node]) -> tuple[Outputs | None, list[Problem]]:
+    """The spec's outputs over its top-level entries `every` (backbone entries, then the network's): (outputs, the
+    problems found); outputs is None when there are problems."""
+    problems: list[Problem] = []
+    declared = spec.outputs
+    if not every:
+        return None, problems
+    first: dict[str, int] = {}
+    for i, n in enumerate(every):
+        if n.name:
+            first.setdefault(n.name, i)
+
+    def find(name: str, at: tuple[str | int, ...]) -> int | None:
+        if name in first:
+            return first[name]
+        hint = _nested_name(name, every) or (f"no top-level entry is named '{name}'{_close(name, list(first))}; "
+                                             f"names: {', '.join(first) or 'none (name an entry with as:)'}")
+        problems.append(Problem(source.locate(at), format_path(at), hint))
+        return None
+
+    if declared is None or declared.main is None:
+        main: Output | None = Output(len(every) - 1, every[-1], ("network",))
+    else:
+        at = ("outputs", "main")
+        k = find(declared.main, at)
+        main = None if k is None else Output(k, every[k], at)
+    aux: list[Output] = []
+    items = declared.aux if declared is not None else []
+    refusal = NO_AUX.get((spec.task, spec.input.kind))
+    if items and refusal:
+        problems.append(Problem(source.locate(("outputs", "aux")), "outputs.aux", refusal))
+        return None, problems
+    taken: dict[int, int] = {}
+    for i, item in enumerate(items):
+        at = ("outputs", "aux", i, "from")
+        name = getattr(item, "from")
+        k = find(name, at)
+        if k is None:
+            continue
+        if main is not None and k == main.index:
+            problems.append(Problem(source.locate(at), format_path(at),
+                                    f"'{name}' is the main output ({main.node.where}); an auxiliary output is another "
+                                    "entry, a head trained beside the main one"))
+        elif k in taken:
+            problems.append(Problem(source.locate(at), format_path(at),
+                                    f"'{name}' is already auxiliary output outputs.aux[{taken[k]}]; list each once"))
+        else:
+            taken[k] = i
+            aux.append(Output(k, every[k], at, float(item.weight)))
+    if problems or main is None:
+        return None, problems
+    return Outputs(main, tuple(aux)), problems
+
+
+def network_outputs(spec: Spec) -> Outputs:
+    """The outputs of a loaded spec (checked when it loaded)."""
+    outputs, problems = resolve_outputs(spec, spec.source, [*spec.backbone_nodes, *spec.nodes])
+    if outputs is None:
+        raise SpecError(problems or [Problem(spec.locate(("network",)), "network", "the network has no entries")])
+    return outputs
 
 
 def _descendants(node: Node) -> Iterator[Node]:
@@ -872,7 +986,14 @@ def parse_network(spec: Spec, source: LocatedYaml, backbone_spec: Spec | None) -
             cut = [i for i, n in enumerate(source_nodes) if n.name][end]
             backbone = source_nodes[: cut + 1]
     nodes = parser.sequence(spec.network, _Context(parser.root), ("network",), ("network",))
-    parser.link(nodes, (), tuple(backbone))
+    roots = None
+    if id(nodes) not in parser.incomplete:
+        every = [*backbone, *nodes]
+        outputs, problems = resolve_outputs(spec, source, every)
+        parser.problems.extend(problems)
+        # with an output that does not resolve, no entry is blamed for being unused: the outputs are the mistake
+        roots = tuple(range(len(every))) if outputs is None else (outputs.main.index, *(a.index for a in outputs.aux))
+    parser.link(nodes, (), tuple(backbone), roots=roots)
     if parser.problems:
         raise SpecError(merge_repeats(parser.problems))
     return nodes, backbone

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from models.errors import Location, SpecserveError
 from models.spec.located_yaml import LocatedYaml
@@ -166,6 +168,51 @@ class BackboneSpec(Section):
     lr_scale: float = Field(default=1.0, ge=0, le=1, description="learning-rate multiplier for backbone parameters")
 
 
+def _aux_item(value: Any) -> Any:
+    """An auxiliary output is written like an entry's wiring: {from: NAME, weight: W}."""
+    if not isinstance(value, dict):
+        raise ValueError(f"an auxiliary output is {{from: NAME, weight: W}}, like {{from: aux_logits, weight: 0.3}}; "
+                         f"got {value!r:.40}")
+    return value
+
+
+def _aux_weight(value: Any) -> Any:
+    # a bool is an int to Python and pydantic would read `weight: true` as 1.0: refuse it, and junk, here
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"weight is a number > 0, the factor of this output's loss in the training loss (e.g. 0.3); "
+                         f"got {value!r:.40}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"weight must be a finite number > 0 (the factor of this output's loss), got {value!r}")
+    return value
+
+
+# `from` is a Python keyword: the model is made with create_model so the YAML key, the field, its did-you-mean and
+# the dumped spec all say `from`, as an entry's wiring does
+AuxOutput = create_model(
+    "AuxOutput", __base__=Section, __doc__="An auxiliary output: a named entry trained with the task's loss × weight.",
+    __validators__={"_item": model_validator(mode="before")(classmethod(lambda cls, v: _aux_item(v))),
+                    "_weight": field_validator("weight", mode="before")(classmethod(lambda cls, v: _aux_weight(v)))},
+    **{"from": (str, Field(min_length=1, description="the name (as:) of the entry whose output this is")),
+       "weight": (float, Field(description="factor of this output's task loss in the training loss"))})
+
+
+class OutputsSpec(Section):
+    """The network's outputs: `main` is exported and served; each of `aux` is trained only (GoogLeNet's and PSPNet's
+    auxiliary heads): training loss = main loss + Σ weight × the task's loss on that output, same targets."""
+
+    main: str | None = Field(default=None, min_length=1, description="the entry (its as: name) whose output is exported "
+                                                                     "and served; default: the last entry")
+    aux: list[AuxOutput] = Field(default_factory=list, description="auxiliary outputs, [{from: name, weight: 0.3}]")  # type: ignore[valid-type]
+
+    @field_validator("aux", mode="before")
+    @classmethod
+    def _aux_list(cls, v):
+        if not isinstance(v, list):
+            raise ValueError(f"aux is a list of auxiliary outputs, like aux: [{{from: aux_logits, weight: 0.3}}]; "
+                             f"got {v!r:.40}")
+        return v
+
+
 class SGDArgs(Section):
     lr: float = Field(default=0.1, gt=0, le=100)
     momentum: float = Field(default=0.0, ge=0, lt=1)
@@ -299,6 +346,7 @@ class Spec(Section):
     blocks: dict[str, BlockDef] = Field(default_factory=dict)
     backbone: BackboneSpec | None = None
     network: list[Any] = Field(default_factory=list)
+    outputs: OutputsSpec | None = None
     init: str | dict[str, Any] = "default"
     data: DataSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)

@@ -34,7 +34,7 @@ def _fields_at(model: type[BaseModel] | None, loc: tuple[str | int, ...]) -> lis
         for cls in candidates:
             if isinstance(part, str) and isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
                 following.extend(_unwrap(cls.model_fields[part].annotation))
-            elif isinstance(cls, type) and issubclass(cls, BaseModel):
+            elif isinstance(part, str) and isinstance(cls, type) and issubclass(cls, BaseModel):
                 continue
             else:
                 following.append(cls)  # list index or dict key: stay on the element type (already unwrapped)

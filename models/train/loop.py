@@ -32,7 +32,7 @@ from models.train.optim import make_optimizer, make_schedule
 from models.train.plots import plot_curves
 from models.train.runs import Run, RunError
 from models.spec.schema import Spec
-from models.train.tasks import Task, make_task
+from models.train.tasks import StepResult, Task, make_task
 from models.errors import SpecserveError
 
 
@@ -136,6 +136,82 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ------------------------------------------------------------------ auxiliary outputs (spec `outputs.aux`)
+class _AuxTap(nn.Module):
+    """What the training step calls for a net with auxiliary outputs: the net's forward_with_aux, returning the main
+    output as the task expects and keeping the auxiliary ones of that call for the loss. It holds the net as its one
+    child, so DDP and torch.compile wrap it like the net (same parameters, one forward per step)."""
+
+    def __init__(self, net: SpecNet):
+        super().__init__()
+        self.net = net
+        self.aux: dict[str, torch.Tensor] = {}
+
+    def forward(self, *args: Any) -> Any:
+        out, self.aux = self.net.forward_with_aux(*args)
+        return out
+
+
+class _Given(nn.Module):
+    """Stands in for the net in a second call of the task's step: gives an auxiliary output already computed, so
+    the task's own loss (and its own targets: labels, masks, next values) scores it."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor, *_: Any) -> torch.Tensor:
+        assert x.shape[0] == self.value.shape[0], "the step's batch is not the one the auxiliary output came from"
+        return self.value
+
+
+def _rng(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _step(s: "_Session", batch: Any, state: Any) -> StepResult:
+    """One training step's loss: the task's loss on the main output, plus Σ weight × the task's loss on each
+    auxiliary output. The task scores an auxiliary output by its own step (its public API: it preprocesses the batch
+    and knows the targets) with the output given; the random generators are rewound to where the main step began,
+    so augmentation draws the same crops and flips and the targets are those of the main output, then set to where
+    the main step left them, so the run's random stream is the one it would be without auxiliary outputs."""
+    if s.tap is None:
+        return s.task.step(s.model, batch, state)
+    before = _rng(s.device)
+    result = s.task.step(s.model, batch, state)
+    after = _rng(s.device)
+    loss, stats = result.loss, dict(result.stats)
+    for name, value in s.tap.aux.items():
+        _set_rng(before, s.device)
+        scored = s.task.step(_Given(value), batch, state)
+        loss = loss + s.net.aux_weights[name] * scored.loss
+        stats[f"{name}.loss"] = scored.stats["loss"]  # a sum over the batch, like the main loss's
+    _set_rng(after, s.device)
+    s.tap.aux = {}  # free the activations once they are in the graph of the loss
+    return StepResult(loss, stats, result.state)
+
+
+def _running(s: "_Session", totals: dict[str, float]) -> dict[str, float]:
+    """The task's running metrics (its `loss` is the main output's), then each auxiliary output's loss and the
+    total the optimizer minimised (main + Σ weight × auxiliary)."""
+    metrics = s.task.running(totals)
+    if not s.net.aux_weights:
+        return metrics
+    count = max(totals.get("count", 1.0), 1.0)
+    total = float(metrics["loss"])
+    for name, weight in s.net.aux_weights.items():
+        metrics[f"{name}.loss"] = totals[f"{name}.loss"] / count
+        total += weight * metrics[f"{name}.loss"]
+    metrics["total_loss"] = total
+    return metrics
+
+
 # ------------------------------------------------------------------ the loop
 def _reduce(totals: dict[str, torch.Tensor], d: Dist) -> dict[str, float]:
     keys = sorted(totals)
@@ -182,7 +258,8 @@ class _Session:
     run: Run
     task: Task
     net: SpecNet
-    model: nn.Module  # net, or its DDP / compiled wrapper: what the steps call
+    model: nn.Module  # net (or its _AuxTap), or its DDP / compiled wrapper: what the steps call
+    tap: _AuxTap | None  # with auxiliary outputs: the module that keeps them for the loss
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: torch.amp.GradScaler
@@ -218,9 +295,10 @@ def _setup(spec: Spec, options: TrainOptions) -> _Session:
     channels_last = spec.train.channels_last is True or (spec.train.channels_last == "auto" and device.type == "cuda" and image)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    model: nn.Module = net
+    tap = _AuxTap(net) if net.aux_weights else None
+    model: nn.Module = tap if tap is not None else net
     if d.world > 1:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if options.compile:
         model = torch.compile(model)
     steps_per_epoch = task.steps_per_epoch(d.world)
@@ -228,7 +306,7 @@ def _setup(spec: Spec, options: TrainOptions) -> _Session:
         steps_per_epoch = min(steps_per_epoch, options.max_steps)
     optimizer = make_optimizer(net, spec, lr_scales)
     amp_dtype = _precision(spec, device)
-    s = _Session(spec, options, d, device, run, task, net, model, optimizer,
+    s = _Session(spec, options, d, device, run, task, net, model, tap, optimizer,
                  make_schedule(optimizer, spec, steps_per_epoch),
                  torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), amp_dtype, steps_per_epoch,
                  device_description(device, d.world))
@@ -265,7 +343,7 @@ def _train_epoch(s: _Session, epoch: int) -> tuple[dict[str, float], int, float]
         if step >= s.steps_per_epoch:
             break
         with autocast():
-            result = s.task.step(s.model, batch, state)
+            result = _step(s, batch, state)
         state = result.state
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(result.loss).backward()
@@ -283,7 +361,7 @@ def _train_epoch(s: _Session, epoch: int) -> tuple[dict[str, float], int, float]
     progress.close()
     if s.device.type == "cuda":  # kernels still queued belong to this epoch: count them in seconds and samples/s
         torch.cuda.synchronize(s.device)
-    return s.task.running(_reduce(totals, s.d)), samples, time.perf_counter() - began
+    return _running(s, _reduce(totals, s.d)), samples, time.perf_counter() - began
 
 
 def _end_epoch(s: _Session, epoch: int, train_metrics: dict[str, float], samples: int, seconds: float) -> bool:

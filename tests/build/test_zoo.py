@@ -79,7 +79,8 @@ def test_builds_runs_and_every_parameter_learns(path):
     y = out[0] if isinstance(out, tuple) else out
     assert tuple(y.shape) == (2, *inferred.output)
     assert torch.isfinite(y).all()
-    (y.float() ** 2).mean().backward()
+    aux = net.forward_with_aux(x)[1].values()  # auxiliary heads (outputs.aux) learn from their own outputs
+    ((y.float() ** 2).mean() + sum((a.float() ** 2).mean() for a in aux)).backward()
     missing = [name for name, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing, f"parameters without gradient: {missing[:5]}"
 

@@ -9,7 +9,9 @@ combinators, so a layer added tomorrow is fuzzed without touching this file.
 Generated DAGs add the spec language 2 on top: entries named (`as:`) and wired (`from:`) to names drawn from a
 small pool (so references resolve, dangle, point forward or form cycles), operators (add, multiply, concat along
 an axis), arguments written as expressions over parameters and the input's shape (valid, typo'd, dividing by
-zero, enormous), blocks with defaults, and repeats with `each` / `first`.
+zero, enormous), blocks with defaults, and repeats with `each` / `first`; sometimes auxiliary heads and an
+`outputs` section naming main and auxiliary outputs (names defined, dangling, repeated or the main one; weights
+valid, zero, negative, booleans, text, infinite; junk where a list or mapping belongs).
 
 6,400 examples per run (2,500 structural + 1,500 text + 400 bytes + 1,200 generated + 800 DAGs);
 SPECSERVE_FUZZ_SCALE=10 multiplies them for a longer hunt.
@@ -275,10 +277,50 @@ def _dag_spec(draw) -> str:
             if draw(st.booleans()):
                 repeat["first"] = {draw(st.sampled_from(["w", "d", "x"])): draw(st.sampled_from([2, "$w", "$in_channels // 2"]))}
             network.append({"repeat": repeat})
+    classes = draw(st.integers(1, 12))
+    main = draw(st.sampled_from(["logits", "logits", "out", "aux"]))
     if draw(st.integers(0, 3)):
-        network += ["global_avgpool", {"linear": {"out": draw(st.integers(1, 12))}}]
+        network += ["global_avgpool", {"linear": {"out": classes, "as": main}}]
+    aux_head = draw(st.integers(0, 2)) == 0
+    if aux_head:  # an auxiliary head, usually of the main head's size, usually after it (taking an earlier output)
+        head = [{"global_avgpool": {"from": draw(st.sampled_from(["input", "input", *NAMES, "n0", "n1", "n2"]))}},
+                {"linear": {"out": draw(st.sampled_from([classes, classes, classes, 1, 13])), "as": "aux"}}]
+        at = len(network) if draw(st.integers(0, 3)) else draw(st.integers(0, len(network)))
+        network[at:at] = head
     doc["network"] = network
+    if aux_head and draw(st.booleans()):  # well formed
+        doc["outputs"] = {"main": main, "aux": [{"from": "aux", "weight": draw(st.sampled_from([0.3, 1, 0.4]))}]}
+    elif draw(st.integers(0, 2)) == 0:
+        doc["outputs"] = draw(_outputs_section())
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+_output_names = st.sampled_from(["logits", "aux", "out", "n0", "n1", "n3", "input", "logts", "", "a"])
+_weights = st.one_of(st.sampled_from([0.3, 1, 0.4, 0, -1, 1e-12, 1e300, True, "0.3", None, [0.3], math.inf, math.nan]),
+                     st.floats(allow_nan=True, allow_infinity=True))
+
+
+@st.composite
+def _outputs_section(draw):
+    """`outputs`: mostly well formed over the names the DAGs use, sometimes junk at any level."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(junk)
+    section: dict = {}
+    if draw(st.booleans()):
+        section["main"] = draw(st.one_of(_output_names, junk)) if draw(st.integers(0, 5)) == 0 else draw(_output_names)
+    items = []
+    for _ in range(draw(st.integers(0, 3))):
+        item: dict = {"from": draw(_output_names), "weight": draw(_weights)}
+        if draw(st.integers(0, 7)) == 0:
+            del item[draw(st.sampled_from(["from", "weight"]))]
+        if draw(st.integers(0, 7)) == 0:
+            item[draw(st.sampled_from(["frm", "as", "wieght", "name"]))] = draw(junk)
+        items.append(item if draw(st.integers(0, 11)) else draw(junk))
+    if items or draw(st.booleans()):
+        section["aux"] = items if draw(st.integers(0, 9)) else draw(junk)
+    if draw(st.integers(0, 9)) == 0:
+        section[draw(st.sampled_from(["auxiliary", "mian", "extra"]))] = draw(junk)
+    return section
 
 
 @settings(max_examples=examples(800), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -295,6 +337,23 @@ def test_generated_dags_reach_the_builder():
                  settings=settings(max_examples=3000, database=None, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]))
     assert "from:" in found
+
+
+def test_generated_outputs_reach_the_builder():
+    """Some generated specs with auxiliary outputs load, pass the shape checks of every output and build."""
+    from hypothesis import find
+
+    def with_aux(text: str) -> bool:
+        doc = yaml.safe_load(text)
+        outputs = doc.get("outputs")
+        return isinstance(outputs, dict) and isinstance(outputs.get("aux"), list) and bool(outputs["aux"]) \
+            and _builds(text)
+
+    found = find(_dag_spec(), with_aux, settings=settings(max_examples=3000, database=None, deadline=None,
+                                                          suppress_health_check=[HealthCheck.too_slow,
+                                                                                 HealthCheck.data_too_large]))
+    net = infer(load_spec_text(found, "fuzz.yaml")).net
+    assert net.aux_weights
 
 
 def _builds(text: str) -> bool:
