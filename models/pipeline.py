@@ -56,7 +56,8 @@ def make_card(spec: Spec, info: dict[str, Any], metrics: dict[str, Any]) -> Mode
         card_input: Any = ImageInput(channels=channels, size=tuple(i.size), mean=i.mean or [0.0] * channels,
                                      std=i.std or [1.0] * channels)
     elif i.kind == "tokens":
-        card_input = TokenInput(vocab=info["vocab"]["tokens"])
+        # a text classifier's run also records how texts become ids (models/artifact/text.py)
+        card_input = TokenInput(vocab=info["vocab"]["tokens"], text=info.get("text"))
     elif i.kind == "series":
         # a trained run always records its fitted scaling (kind and numbers); random-weight exports (zoo parity,
         # tests) saw no data, so their graph takes raw values

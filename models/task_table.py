@@ -20,6 +20,7 @@ class TaskKind:
 
 TASK_KINDS: tuple[TaskKind, ...] = (
     TaskKind("classification", "image", "classify", "images → top-k labels with probabilities"),
+    TaskKind("classification", "tokens", "classify_text", "a text → top-k labels with probabilities"),
     TaskKind("segmentation", "image", "segment", "an image → a class per pixel"),
     TaskKind("sequence", "tokens", "generate", "a text prefix → its continuation, one token at a time"),
     TaskKind("sequence", "series", "forecast", "a window of past values → the next values"),

@@ -3,7 +3,8 @@
 The same loaded models answer, by name: each served model is a v2 model whose one version is its stored version,
 and whose tensors are exactly its stored ONNX graph's (the card's io names): image models take UINT8 pixels NHWC
 (B, H, W, C) and the graph normalizes itself; token models INT64 ids (B, T) plus their FP32 recurrent state
-(B, layers, hidden), which may be left out (zeros) and is returned as an output so a client can step; forecasters
+(B, layers, hidden), which may be left out (zeros) and is returned as an output so a client can step; text
+classifiers the same INT64 ids (B, T), made with the vocabulary and tokenizer /models shows, without state; forecasters
 FP32 windows (B, τ) in model units (the card's scaling, /models, is the client's to apply); regressors FP32
 features (B, F). Outputs are the graph's: scores (logits) and state.
 

@@ -23,6 +23,19 @@ class ClassifyResult(BaseModel):
     results: list[ImageLabels] = Field(description="one per uploaded image, in upload order")
 
 
+class TextLabels(BaseModel):
+    tokens: int = Field(description="tokens (words or characters, as the model was trained) the text split into")
+    truncated: bool = Field(description="true when the text had more tokens than the model reads (only the first "
+                                        "are read)")
+    unknown: int = Field(description="tokens the model's vocabulary lacks (read as <unk>)")
+    top: list[Label] = Field(description="the k most probable labels, most probable first")
+
+
+class ClassifyTextResult(BaseModel):
+    model: str = Field(description="tag (name:version) of the model that answered")
+    results: list[TextLabels] = Field(description="one per text, in request order")
+
+
 class SegmentResult(BaseModel):
     model: str
     width: int = Field(description="of the upload; the mask has this size")

@@ -27,7 +27,8 @@ def store(tmp_path, monkeypatch):
     return tmp_path / "bentoml"
 
 
-@pytest.mark.parametrize("kind", ["classification", "segmentation", "text", "series", "regression"])
+@pytest.mark.parametrize("kind", ["classification", "segmentation", "text", "series", "regression",
+                                  "text_classification"])
 def test_run_line_stores_a_proven_model(kind, tmp_path, store):
     text = re.sub(r"epochs: \d+", "epochs: 1", TASK_SPECS[kind])  # one short epoch per run
     if kind in ("classification", "segmentation"):
@@ -79,6 +80,10 @@ def test_zoo_spec_exports_with_parity(path, tmp_path):
     info = {"labels": spec.labels or [str(i) for i in range(infer(spec).output[0])]} if spec.task == "classification" else {}
     if spec.input.kind == "tokens":
         info = {"vocab": {"tokens": ["<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"][: spec.input.vocab]}}
+    if spec.input.kind == "tokens" and spec.task == "classification":  # a text classifier: labels and a tokenizer
+        info = {"labels": [str(i) for i in range(infer(spec).output[0])],
+                "vocab": {"tokens": ["<pad>", "<unk>", *(f"w{i}" for i in range(spec.input.vocab - 2))]},
+                "text": {"split": "words", "lowercase": True, "length": spec.input.sample_shape()[0]}}
     if spec.task == "segmentation":
         info = {"labels": spec.labels}
     card = make_card(spec, info, {})

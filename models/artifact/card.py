@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Union
 import onnx
 from pydantic import (BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator,
                       model_validator)
+from models.artifact.text import PAD, UNK
 from models.errors import SpecserveError
 from models.task_table import inputs_of, task_kind
 
@@ -55,11 +56,23 @@ class ImageInput(_Frozen):
         return self
 
 
+class TextTokenizer(_Frozen):
+    """How a text classifier turns a text into ids (models/artifact/text.py): split into words or characters,
+    optionally lower-cased, looked up in the vocabulary (<unk> for a token it lacks), cut or padded with <pad> to
+    `length` ids — as its training texts were."""
+
+    split: Literal["words", "chars"]
+    lowercase: bool
+    length: int = Field(gt=0, description="ids per text: longer texts are cut, shorter ones padded")
+
+
 class TokenInput(_Frozen):
-    """Character/token models: id i in the graph means vocab[i]."""
+    """Token models: id i in the graph means vocab[i]. A text classifier's card also says how texts become ids
+    (`text`); a character model's prompt is its characters."""
 
     kind: Literal["tokens"] = "tokens"
     vocab: list[str] = Field(min_length=1)
+    text: TextTokenizer | None = Field(default=None, exclude_if=lambda v: v is None)  # char cards stay as they were
 
     @field_validator("vocab")
     @classmethod
@@ -67,6 +80,13 @@ class TokenInput(_Frozen):
         if len(set(vocab)) != len(vocab):
             raise ValueError("vocab tokens must be unique")
         return vocab
+
+    @model_validator(mode="after")
+    def _special_tokens(self) -> "TokenInput":
+        missing = [t for t in (PAD, UNK) if t not in self.vocab]
+        if self.text is not None and missing:
+            raise ValueError(f"a text tokenizer needs {' and '.join(missing)} in the vocabulary")
+        return self
 
 
 class StandardScaling(_Frozen):
@@ -191,6 +211,9 @@ class ModelCard(_Frozen):
                 raise ValueError(f"labels only apply to classification/segmentation, not {self.task}")
             if len(self.labels) == 0 or len(set(self.labels)) != len(self.labels):
                 raise ValueError("labels must be a non-empty list of unique names")
+        if isinstance(self.input, TokenInput) and (self.input.text is not None) != (self.task == "classification"):
+            raise ValueError("a text classifier's card says how texts become ids (input.text); only a text "
+                             "classifier's does")
         return self
 
     def with_export(self, io: TensorIO, *, opset: int, exporter: str) -> "ModelCard":
@@ -289,8 +312,8 @@ def validate_card(card: ModelCard, model: onnx.ModelProto) -> None:
 
     Checks graph input/output names and order, dtypes, which axes are dynamic (batch, and steps for token
     models; everything else static), the image/window/feature sizes, that the number of labels equals the
-    number of output classes and that the vocabulary size equals the logits size, that state inputs and
-    outputs agree, and that the flat metadata keys agree with the card.
+    number of output classes and that a character model's vocabulary size equals the logits size, that state
+    inputs and outputs agree, and that the flat metadata keys agree with the card.
     """
     if card.io is None:
         raise CardError("card has no io section (it was never exported)")
@@ -318,7 +341,8 @@ def validate_card(card: ModelCard, model: onnx.ModelProto) -> None:
     if card.labels is not None and len(head_dims) >= 2 and head_dims[1] != len(card.labels):
         raise CardError(f"card has {len(card.labels)} labels but output '{head}' {head_dims} has "
                         f"{head_dims[1]} classes")
-    if isinstance(card.input, TokenInput) and head_dims and head_dims[-1] != len(card.input.vocab):
+    next_token = card.task == "sequence" and isinstance(card.input, TokenInput)  # a text classifier scores classes
+    if next_token and head_dims and head_dims[-1] != len(card.input.vocab):
         raise CardError(f"card vocab has {len(card.input.vocab)} tokens but output '{head}' {head_dims} "
                         f"scores {head_dims[-1]}")
     _expect(f"output '{head}'", outs[head], _FLOAT, _output_dims(card))

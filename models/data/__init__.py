@@ -22,11 +22,12 @@ from models.data.base import (
     load_dataset,
 )
 from models.data.batches import tensor_batches, text_batches
+from models.data.labelled_text import LabelledTexts
 from models.data.text import Vocab
 
 # Dataset modules register themselves on import.
 from models.data import digits, folders, idx, regression  # noqa: F401  isort: skip
-from models.data import high_dim, segmentation, series, shapes, text  # noqa: F401  isort: skip
+from models.data import high_dim, labelled_text, segmentation, series, shapes, text  # noqa: F401  isort: skip
 
 __all__ = [
     "AUGMENTATIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "DataError",
     "ImageData",
     "ImageSplits",
+    "LabelledTexts",
     "RegressionSplits",
     "Samples",
     "SegData",

@@ -21,7 +21,8 @@ from models.registry import Registry
 from models.errors import SpecserveError
 from models.task_table import task_kind
 
-Splits = Union["ImageData", "SegData", "TextCorpus", "SeriesSplits", "RegressionSplits"]  # ImageSplits, SegSplits or streamed
+# ImageData/SegData: ImageSplits, SegSplits or streamed; LabelledTexts: models.data.labelled_text
+Splits = Union["ImageData", "SegData", "TextCorpus", "SeriesSplits", "RegressionSplits", "LabelledTexts"]
 Builder = Callable[[Any, int], Splits]  # (validated args, effective seed) -> splits
 
 

@@ -117,7 +117,8 @@ def _dynamic_axes(card: ModelCard) -> dict[str, dict[int, str]]:
     """name → {axis: label}: batch everywhere, plus steps on token inputs/logits."""
     assert card.io is not None
     seq = {1: "steps"} if isinstance(card.input, TokenInput) else {}
-    axes = {card.io.inputs[0]: {0: "batch", **seq}, card.io.outputs[0]: {0: "batch", **seq}}
+    per_step = seq if card.task == "sequence" else {}  # a text classifier's scores (B, K) have no steps axis
+    axes = {card.io.inputs[0]: {0: "batch", **seq}, card.io.outputs[0]: {0: "batch", **per_step}}
     axes.update({name: {0: "batch"} for name in card.io.state_in + card.io.state_out})
     return axes
 
@@ -219,7 +220,7 @@ def _run_exporter(exporter: Exporter, module: nn.Module, args: tuple[torch.Tenso
         dims = {label: torch.export.Dim(label) for label in ("batch", "steps")}
         spec = [{axis: dims[label] for axis, label in axes[name].items()} for name in io.graph_inputs]
         # TokenStep.forward(tokens, *state): torch.export wants the varargs' shapes as one nested tuple.
-        shapes = (spec[0], tuple(spec[1:])) if isinstance(module, TokenStep) else tuple(spec)
+        shapes = (spec[0], tuple(spec[1:])) if isinstance(module, TokenStep) and spec[1:] else tuple(spec)
         program = torch.onnx.export(module, args, dynamo=True, input_names=io.graph_inputs,
                                     output_names=io.graph_outputs, dynamic_shapes=shapes,
                                     opset_version=opset, verbose=False)

@@ -21,8 +21,8 @@ import torchmetrics.functional as TMF
 from torch import nn
 
 from models.artifact.scaling import k_step_forecast, unscale
-from models.data import (DataError, ImageData, RegressionSplits, SegData, SeriesSplits, TextCorpus, build_augment,
-                         normalize, resize_batch, text_batches, to_float)
+from models.data import (DataError, ImageData, LabelledTexts, RegressionSplits, SegData, SeriesSplits, TextCorpus,
+                         build_augment, normalize, resize_batch, text_batches, to_float)
 from models.data.base import Samples, TensorSamples, count_classes
 from models.errors import SpecError
 from models.spec.data_section import augment_steps
@@ -216,6 +216,30 @@ def _check_classes(task: Task, outputs: int, what: str) -> None:
                                                    f"{task.classes} classes; set this layer's out to {task.classes}")
 
 
+def _class_step(task: Task, logits: torch.Tensor, labels: torch.Tensor) -> StepResult:
+    """Cross-entropy of class scores (B, K) against labels (B,), with the task's class weights and smoothing."""
+    y = labels.to(task.device, non_blocking=True)
+    loss = F.cross_entropy(logits.float(), y, weight=task.weights, label_smoothing=task.spec.train.label_smoothing)
+    correct = (logits.argmax(1) == y).sum()
+    return StepResult(loss, {"loss": loss.detach() * len(y), "correct": correct, "count": torch.tensor(len(y))})
+
+
+def _class_running(totals: dict[str, float]) -> dict[str, float]:
+    return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+
+
+def _class_scores(logits: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, Any]:
+    """Held-out loss, accuracy (top-5 too beyond 5 classes) and the confusion matrix of scores (N, K)."""
+    result = {
+        "loss": float(F.cross_entropy(logits, y)),
+        "accuracy": float(TMF.accuracy(logits, y, task="multiclass", num_classes=k, average="micro")),
+        "confusion_matrix": TMF.confusion_matrix(logits, y, task="multiclass", num_classes=k).tolist(),
+    }
+    if k > 5:
+        result["top5_accuracy"] = float(TMF.accuracy(logits, y, task="multiclass", num_classes=k, top_k=5, average="micro"))
+    return result
+
+
 class Classification(_ImageMixin, Task):
     def __post_init__(self) -> None:
         _check(isinstance(self.splits, ImageData) and not isinstance(self.splits, SegData),
@@ -235,14 +259,10 @@ class Classification(_ImageMixin, Task):
 
     def step(self, net, batch, state=None, generator=None) -> StepResult:
         x, _ = self._pixels(batch[0], None, train=True)
-        y = batch[1].to(self.device, non_blocking=True)
-        logits = net(x)  # (B, K)
-        loss = F.cross_entropy(logits.float(), y, weight=self.weights, label_smoothing=self.spec.train.label_smoothing)
-        correct = (logits.argmax(1) == y).sum()
-        return StepResult(loss, {"loss": loss.detach() * len(y), "correct": correct, "count": torch.tensor(len(y))})
+        return _class_step(self, net(x), batch[1])  # logits (B, K)
 
     def running(self, totals):
-        return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+        return _class_running(totals)
 
     @torch.no_grad()
     def evaluate(self, net) -> dict[str, Any]:
@@ -252,16 +272,7 @@ class Classification(_ImageMixin, Task):
             x, _ = self._pixels(x, None, train=False)
             logits_all.append(net(x).float().cpu())
             targets.append(y)
-        logits, y = torch.cat(logits_all), torch.cat(targets)  # (N, K), (N,)
-        k = self.classes
-        result = {
-            "loss": float(F.cross_entropy(logits, y)),
-            "accuracy": float(TMF.accuracy(logits, y, task="multiclass", num_classes=k, average="micro")),
-            "confusion_matrix": TMF.confusion_matrix(logits, y, task="multiclass", num_classes=k).tolist(),
-        }
-        if k > 5:
-            result["top5_accuracy"] = float(TMF.accuracy(logits, y, task="multiclass", num_classes=k, top_k=5, average="micro"))
-        return result
+        return _class_scores(torch.cat(logits_all), torch.cat(targets), self.classes)  # (N, K), (N,)
 
     def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:
         x, y = _take_samples(self.splits.test, self.splits.train, n)
@@ -416,6 +427,54 @@ class TokenSequence(Task):
         return batch[0].numel()
 
 
+class TextClassification(Task):
+    """A text → one class: each text as `input.steps` token ids (cut or padded; models.artifact.text), the scores
+    trained with cross-entropy; held-out accuracy against the majority-class baseline."""
+
+    def __post_init__(self) -> None:
+        s, name = self.splits, self.spec.data.dataset
+        _check(isinstance(s, LabelledTexts), f"dataset {name} does not give texts with labels")
+        rows = self.spec.input.vocab
+        _check(len(s.vocab) <= rows,
+               f"{name}: the training texts give a vocabulary of {len(s.vocab)} tokens (<pad> and <unk> included) "
+               f"but input.vocab is {rows}; set input.vocab to {len(s.vocab)}, or data.max_vocab to {rows}")
+        _check(self.spec.labels is None or self.spec.labels == s.labels,
+               f"{name}: the spec lists labels {self.spec.labels} but the training split's (sorted) are {s.labels}")
+        self.length = self.spec.input.sample_shape()[0]  # every text becomes exactly this many ids
+        self.classes = len(s.labels)
+        self.train_x, self.test_x = s.encode(s.train_texts, self.length), s.encode(s.test_texts, self.length)  # (N, L)
+        self.primary, self.higher_is_better = "accuracy", True
+        self.info = {"labels": list(s.labels), "vocab": {"tokens": list(s.vocab)},
+                     "text": {"split": s.split, "lowercase": s.lowercase, "length": self.length}}
+        self.weights = class_weights(s.train_y, self.classes, None, self.spec.train.class_weights, self.device)
+
+    def check_network(self, net: nn.Module) -> None:
+        _check_classes(self, net.sample_output[-1], "class scores")
+
+    def train_samples(self) -> Samples:
+        return TensorSamples(self.train_x, self.splits.train_y)
+
+    def step(self, net, batch, state=None, generator=None) -> StepResult:
+        return _class_step(self, net(batch[0].to(self.device, non_blocking=True)), batch[1])  # logits (B, K)
+
+    def running(self, totals):
+        return _class_running(totals)
+
+    @torch.no_grad()
+    def evaluate(self, net) -> dict[str, Any]:
+        net.eval()
+        logits = torch.cat([net(x.to(self.device)).float().cpu() for x in self.test_x.split(512)])  # (N, K)
+        y = self.splits.test_y
+        result = _class_scores(logits, y, self.classes)
+        majority = int(count_classes(self.splits.train_y, self.classes, None).argmax())  # the most frequent class
+        result["baseline_accuracy"] = float((y == majority).float().mean())
+        return result
+
+    def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:
+        s = self.splits  # token ids (n, L), as the service makes them from texts
+        return {"inputs": _take(self.test_x, self.train_x, n).numpy(), "labels": _take(s.test_y, s.train_y, n).numpy()}
+
+
 def _mse_step(self: Task, net, batch, state=None, generator=None) -> StepResult:
     """One regression step: inputs (B, τ) or (B, F) → (B, 1), mean squared error."""
     x, y = (t.to(self.device, non_blocking=True) for t in batch)
@@ -487,6 +546,7 @@ class Regression(Task):
 # The task classes by (task, input kind): every row of models/task_table.py has one (a test checks both ways).
 TASK_CLASSES: dict[tuple[str, str], type[Task]] = {
     ("classification", "image"): Classification,
+    ("classification", "tokens"): TextClassification,
     ("segmentation", "image"): Segmentation,
     ("sequence", "tokens"): TokenSequence,
     ("sequence", "series"): SeriesForecast,

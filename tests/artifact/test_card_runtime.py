@@ -22,8 +22,13 @@ def test_card_json_round_trip(digits_export):
 @pytest.mark.parametrize("text, message", [
     ("{not json", "card is not valid JSON"),
     ('{"name": "x"}', r"^card field spec_hash: Field required \(\+2 more\)$"),
+    ('{"name": "x", "spec_hash": "h", "task": "segmentation", "input": {"kind": "tokens", "vocab": ["a"]}}',
+     "^card: task segmentation takes image input, got tokens$"),
     ('{"name": "x", "spec_hash": "h", "task": "classification", "input": {"kind": "tokens", "vocab": ["a"]}}',
-     "^card: task classification takes image input, got tokens$"),
+     r"^card: a text classifier's card says how texts become ids \(input.text\); only a text classifier's does$"),
+    ('{"name": "x", "spec_hash": "h", "task": "classification", "input": {"kind": "tokens", "vocab": ["a"], '
+     '"text": {"split": "words", "lowercase": true, "length": 8}}}',
+     "^card field input.tokens: a text tokenizer needs <pad> and <unk> in the vocabulary$"),
 ])
 def test_untrusted_card_json_is_refused_with_one_line(text, message):
     with pytest.raises(CardError, match=message) as caught:

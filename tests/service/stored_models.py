@@ -1,7 +1,8 @@
 """Small real models for the service tests, made by the project's own line (`specserve run`):
 test specs → models.pipeline.run_line (validate → train a few epochs on the real data → export with its parity
 proof → int8 where the spec asks → store). Predictions are meaningful: digits are recognised, shapes found, the
-char model writes English-like letter sequences, the forecaster follows a sine, the regression finds w and b."""
+char model writes English-like letter sequences, the forecaster follows a sine, the regression finds w and b, the
+text classifier tells the generated reviews' polarity."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,6 +67,19 @@ network:
   - linear: {out: 28}
 data: {dataset: embedded_text, batch_size: 32}
 train: {epochs: 2, optimizer: {adam: {lr: 0.01}}, clip_grad_norm: 1.0}
+""",
+    "test-text": """
+name: test-text
+task: classification
+input: {vocab: 96, steps: 16}
+network:
+  - embedding: {dim: 16}
+  - transformer_encoder: {heads: 2, ff: 32}
+  - permute: {dims: [1, 0]}
+  - global_avgpool
+  - linear: {out: 3}
+data: {dataset: synthetic_reviews, train_count: 600, test_count: 256, batch_size: 32}
+train: {epochs: 3, optimizer: {adam: {lr: 0.01}}}
 """,
 }
 

@@ -27,7 +27,8 @@ SHAPES_PIXELS = 64 * 64
 SERVER_CONFIG = {  # read by conftest's `server` fixture: every task, and a pixel budget of 3 shapes images
     "endpoints": {"classify": {"models": ["test-digits", {"tag": "test-digits-mlp", "int8": True}]},
                   "segment": {"models": ["test-shapes"]}, "generate": {"models": ["test-chars"]},
-                  "forecast": {"models": ["sine-forecaster"]}, "predict": {"models": ["linear-regression"]}},
+                  "forecast": {"models": ["sine-forecaster"]}, "predict": {"models": ["linear-regression"]},
+                  "classify_text": {"models": ["test-text"]}},
     "limits": {**LIMITS, "max_upload_bytes": MAX_BODY, "max_request_pixels": 3 * SHAPES_PIXELS}}
 
 

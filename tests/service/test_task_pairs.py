@@ -24,7 +24,7 @@ from live_server import ROOT, Server, serve
 from models.task_table import TASK_KINDS, task_kind
 
 PAIR_MODELS = {"classify": "test-digits", "segment": "test-shapes", "generate": "test-chars",
-               "forecast": "sine-forecaster", "predict": "linear-regression"}
+               "forecast": "sine-forecaster", "predict": "linear-regression", "classify_text": "test-text"}
 BLOCK_TORCH = 'import sys\nsys.modules["torch"] = None  # the serving side must never import torch\n'
 
 
@@ -88,8 +88,17 @@ def _predict(http: httpx.Client) -> None:
     assert wrong.status_code == 422 and "takes 2" in wrong.json()["error"]
 
 
+def _classify_text(http: httpx.Client) -> None:
+    answer = http.post("/classify_text", json={"texts": ["the phone is great, would buy again", "awful lamp"], "k": 2})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["top"][0]["label"] for r in results] == ["positive", "negative"]
+    assert all(len(r["top"]) == 2 for r in results)
+
+
 REQUESTS: dict[str, Callable[[httpx.Client], None]] = {
-    "classify": _classify, "segment": _segment, "generate": _generate, "forecast": _forecast, "predict": _predict}
+    "classify": _classify, "segment": _segment, "generate": _generate, "forecast": _forecast, "predict": _predict,
+    "classify_text": _classify_text}
 
 
 def test_every_pair_has_a_request_here() -> None:

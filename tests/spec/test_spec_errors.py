@@ -40,7 +40,7 @@ CASES = [
     ("task and input disagree", "name: t\ntask: segmentation\ninput: {vocab: 28}\nnetwork: [one_hot]\n",
      "3:8", "input", "task segmentation takes image input, not tokens"),  # located at the input, not the file
     ("classification of features is not a pair", "name: t\ntask: classification\ninput: {features: 4}\nnetwork: [linear: {out: 2}]\n",
-     "3:8", "input", "task classification takes image input, not features"),
+     "3:8", "input", "task classification takes image or tokens input, not features"),
     ("regression of a series window is not a pair", "name: t\ntask: regression\ninput: {window: 4}\nnetwork: [linear: {out: 1}]\n",
      "3:8", "input", "task regression takes features input, not series"),
     ("dataset of another input kind", "name: t\ntask: sequence\ninput: {vocab: 28}\nnetwork: [one_hot, gru: {hidden: 8}, linear: {out: 28}]\ndata: {dataset: sine}\n",

@@ -93,6 +93,15 @@ train: {epochs: 2, optimizer: {sgd: {lr: 0.03}}}
 }
 
 
+TASK_SPECS["text_classification"] = """
+name: tiny-text-classifier
+task: classification
+input: {vocab: 96, steps: 12}
+network: [embedding: {dim: 16}, transformer_encoder: {heads: 2, ff: 32}, permute: {dims: [1, 0]}, global_avgpool,
+          linear: {out: 3}]
+data: {dataset: synthetic_reviews, train_count: 320, test_count: 64, batch_size: 16}
+train: {epochs: 2, optimizer: {adam: {lr: 0.01}}}
+"""
 TASK_SPECS["segmentation_balanced"] = TASK_SPECS["segmentation"].replace(
     "name: tiny-seg", "name: tiny-seg-balanced").replace("lr: 0.01}}}", "lr: 0.01}}, class_weights: median_frequency}")
 
@@ -117,6 +126,8 @@ def test_each_task_trains(kind, tmp_path):
         assert {"rmse", "mae", "naive_rmse", "rmse_4_step"} <= set(final)
     if kind == "text":
         assert final["perplexity"] < 28  # better than uniform over the vocabulary
+    if kind == "text_classification":
+        assert final["accuracy"] > final["baseline_accuracy"]  # better than always the most frequent class
 
 
 def test_median_frequency_class_weights():
