@@ -19,7 +19,8 @@ from models.errors import SpecserveError
 ENV_VAR = "SPECSERVE_CONFIG"
 DEFAULT_PATH = Path(__file__).with_name("serving.yaml")
 
-Endpoint = Literal["classify", "segment", "forecast", "generate", "predict"]  # = models.task_table.ENDPOINTS (a test)
+Endpoint = Literal["classify", "classify_text", "segment", "forecast", "generate",
+                   "predict"]  # = models.task_table.ENDPOINTS (a test)
 
 
 class ConfigError(SpecserveError, ValueError):
@@ -95,6 +96,8 @@ class Limits(_Strict):
     max_prefix_length: int = Field(default=10_000, ge=1)
     max_generation_length: int = Field(default=2_000, ge=1)
     max_feature_rows: int = Field(default=1_024, ge=1, description="feature vectors per predict request")
+    max_texts: int = Field(default=256, ge=1, description="texts per classify_text request")
+    max_text_length: int = Field(default=10_000, ge=1, description="characters per text of classify_text")
     max_request_pixels: int = Field(default=80_000_000, ge=1, description="decoded width × height summed over all "
                                                                          "the images of one request (413 beyond)")
 
@@ -172,6 +175,8 @@ class ServingConfig(_Strict):
     access_log: bool = Field(default=False, description="BentoML's per-request log line (~1.5 ms of event loop each)")
     tracing: bool = Field(default=False, description="OpenTelemetry spans for API requests (BentoML's tracing config "
                                                      "chooses the exporter); off, no span is even created")
+    lean_routes: bool = Field(default=True, description="answer well-formed classify requests without BentoML's "
+                              "per-request IO work (service/lean.py); false sends all through BentoML's route")
     limits: Limits = Field(default_factory=Limits)
     access: Access = Field(default_factory=Access)
     connections: Connections = Field(default_factory=Connections)

@@ -20,12 +20,13 @@ from pydantic import Field
 
 from models.errors import SpecserveError
 from models.task_table import ENDPOINTS
-from service import connections, demo, generation, kserve, regression, series, streaming, vision
+from service import connections, demo, generation, kserve, lean, openapi, regression, series, streaming, text_classify, vision
 from service.config import config_path, load_config
 from service.errors import answers_errors
 from service.gate import SWAGGER, Gate, gated
 from service.images import PixelBudget
-from service.schemas import ClassifyResult, ForecastResult, GenerateResult, ModelsResult, PredictResult, SegmentResult
+from service.schemas import (ClassifyResult, ClassifyTextResult, ForecastResult, GenerateResult, ModelsResult,
+                             PredictResult, SegmentResult)
 from service.served import ServingError, check_stored, declare_models, load_endpoint
 from service.uploads import RawImageRoute, UploadGuard
 
@@ -48,8 +49,10 @@ OPEN_INFERENCE = kserve.OpenInference(CONFIG)
 DOC = ("specserve: models made from YAML specs, served from their parity-proven ONNX graphs. Task endpoints below "
        "(POST, JSON or multipart); what is served: POST /models; the same models under the Open Inference Protocol "
        "(KServe v2) at /v2; health: /livez, /readyz.")
-ModelName = Annotated[str | None, Field(description="a served model's name or name:version; none = the default")]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+ModelName = Annotated[str | None, Field(strict=True, description="a served model's name or name:version; none = the "
+                                                                 "default")]
+# strict: no "1.5" as a number, no true as 1 or 0 as false (the document says integer, number, boolean)
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 def accept_header() -> str | None:
@@ -73,22 +76,41 @@ class SpecServe:
         self.classifiers = vision.classifiers(self.endpoints["classify"], batching, LIMITS.max_image_pixels,
                                               LIMITS.max_request_pixels)
         self.stream_limiter = anyio.CapacityLimiter(CONFIG.threads)  # generation steps of event streams at once
+        if CONFIG.lean_routes:
+            lean.serve("/classify", self._classify_json)
 
     @bentoml.api
     @answers_errors
     async def classify(self, images: Annotated[list[Path], Field(min_length=1, max_length=LIMITS.max_images)],
-                       k: Annotated[int, Field(ge=1, le=1000)] = 5, model: ModelName = None) -> ClassifyResult:
+                       k: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5, model: ModelName = None) -> ClassifyResult:
         """Top-k labels with probabilities for each uploaded image (PNG, JPEG, BMP, GIF, WebP), converted to the
         model's channels and resized to its input size. Concurrent requests are batched (serving config). Also
         takes one image as the raw body (Content-Type image/png, image/jpeg, ...) with k and model in the query
         string: `curl --data-binary @digit.png -H 'Content-Type: image/png' 'http://host/classify?k=3'`."""
-        served = self.endpoints["classify"].pick(model)
-        results = await self.classifiers[served.name](vision.ClassifyJob(images, k))
-        return ClassifyResult(model=served.tag, results=results)
+        return await vision.classify_answer(self.endpoints["classify"], self.classifiers, images, k, model)
+
+    async def _classify_json(self, request: lean.ClassifyRequest) -> bytes:
+        """classify's answer as JSON, for the lean route (service/lean.py)."""
+        answer = await vision.classify_answer(self.endpoints["classify"], self.classifiers, request.images,
+                                              request.k, request.model)
+        return answer.model_dump_json().encode()
 
     @bentoml.api
     @answers_errors
-    def segment(self, image: Path, overlay: bool = False, model: ModelName = None) -> SegmentResult:
+    def classify_text(self,
+                      texts: Annotated[list[Annotated[str, Field(min_length=1, max_length=LIMITS.max_text_length)]],
+                                       Field(min_length=1, max_length=LIMITS.max_texts)],
+                      k: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5,
+                      model: ModelName = None) -> ClassifyTextResult:
+        """Top-k labels with probabilities for each text, tokenized as the model's training texts were: its card's
+        vocabulary and tokenizer (words or characters, lower-cased or not, cut or padded to its length)."""
+        served = self.endpoints["classify_text"].pick(model)
+        return ClassifyTextResult(model=served.tag, results=text_classify.classify(served, texts, k))
+
+    @bentoml.api
+    @answers_errors
+    def segment(self, image: Path, overlay: Annotated[bool, Field(strict=True)] = False,
+                model: ModelName = None) -> SegmentResult:
         """Per-pixel classes of one image: the class-index mask (palette PNG at the upload's size), pixel shares
         per class, and with overlay=true the upload tinted by class."""
         served = self.endpoints["segment"].pick(model)
@@ -99,7 +121,7 @@ class SpecServe:
     @bentoml.api
     @answers_errors
     def forecast(self, values: Annotated[list[Finite], Field(min_length=1, max_length=LIMITS.max_series_length)],
-                 k: Annotated[int, Field(ge=1, le=LIMITS.max_forecast_steps)] = 1,
+                 k: Annotated[int, Field(ge=1, le=LIMITS.max_forecast_steps, strict=True)] = 1,
                  model: ModelName = None) -> ForecastResult:
         """The next k values of a series, each step fed the previous predictions."""
         served = self.endpoints["forecast"].pick(model)
@@ -118,10 +140,10 @@ class SpecServe:
     @bentoml.api
     @answers_errors
     def generate(self, prefix: Annotated[str, Field(min_length=1, max_length=LIMITS.max_prefix_length)],
-                 length: Annotated[int, Field(ge=1, le=LIMITS.max_generation_length)] = 100,
-                 temperature: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0,
-                 top_k: Annotated[int, Field(ge=0, description="sample among the k best; 0 = all")] = 0,
-                 seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None,
+                 length: Annotated[int, Field(ge=1, le=LIMITS.max_generation_length, strict=True)] = 100,
+                 temperature: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False, strict=True)] = 1.0,
+                 top_k: Annotated[int, Field(ge=0, strict=True, description="sample among the k best; 0 = all")] = 0,
+                 seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, strict=True)] = None,
                  model: ModelName = None) -> GenerateResult:
         """A continuation of `prefix` by a character model (temperature 0 = greedy; same seed, same text). With
         `Accept: text/event-stream` the answer is a stream of server-sent events instead: `start` (model, seed),
@@ -146,6 +168,8 @@ class SpecServe:
 SpecServe.add_asgi_middleware(UploadGuard, max_bytes=LIMITS.max_upload_bytes, routes={
     api.route: set(api.input_spec.multipart_fields) for api in SpecServe.apis.values()},
     raw_images={"/classify": RawImageRoute("images", frozenset({"k", "model"}))})
+SpecServe.add_asgi_middleware(lean.LeanRoutes, max_images=LIMITS.max_images)  # inside UploadGuard: reads its form
+SpecServe.add_asgi_middleware(openapi.TruthfulDocs)
 gated(SpecServe, lambda app: Gate(app, api_routes=[api.route for api in SpecServe.apis.values()],
                                   access=CONFIG.access, digests=CONFIG.access.key_digests(),
                                   other_path=kserve.known_path, swagger=SWAGGER), doc=DOC)

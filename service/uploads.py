@@ -23,13 +23,14 @@ refused here first, with a 4xx that says what was wrong:
   parses, validates and documents one API, and the image is decoded and checked like any upload.
 
 Bodies of API calls are buffered here (at most `max_bytes`) and replayed to the app unchanged (or, raw images, as
-their form).
+their form); the parsed form travels in the scope (FORM_KEY), so the lean routes of service/lean.py need not parse it
+again.
 """
 from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple
+from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple, Sequence
 from urllib.parse import parse_qsl, unquote_plus
 
 from python_multipart.exceptions import FormParserError
@@ -44,6 +45,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MULTIPART, URLENCODED = "multipart/form-data", "application/x-www-form-urlencoded"
+FORM_KEY = "specserve.form"  # the scope entry holding the parsed form of a guarded request
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 # Starlette's Request.form() defaults, which BentoML uses; beyond them Starlette raises (and BentoML answers 500).
 MAX_FORM_FIELDS = 1000
@@ -54,6 +56,7 @@ MAX_FORM_VALUE_BYTES = 1024 * 1024
 class FormPart(NamedTuple):
     name: str
     is_file: bool
+    data: bytes = b""  # the file's bytes, or the value's (cut just past MAX_FORM_VALUE_BYTES: then refused)
 
 
 class RawImageRoute(NamedTuple):
@@ -95,16 +98,18 @@ def add_part(parts: list[FormPart], part: FormPart) -> None:
 
 
 def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart]:
-    """The parts of a multipart `body` (field name, whether it is a file upload); RequestError when the body is
-    malformed or a part is over the limits (see the module docstring)."""
+    """The parts of a multipart `body` (field name, whether it is a file upload, its bytes); RequestError when the
+    body is malformed or a part is over the limits (see the module docstring)."""
     parts: list[FormPart] = []
     header: list[bytes] = [b"", b""]  # the header being read: name, value
     disposition, value = b"", bytearray()
+    pieces: list[bytes] = []  # of the file being read
 
     def on_part_begin() -> None:
         nonlocal disposition
         disposition = b""
         value.clear()
+        pieces.clear()
 
     def on_header_end() -> None:
         nonlocal disposition
@@ -113,7 +118,9 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart]:
         header[:] = [b"", b""]
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        if not parts[-1].is_file and len(value) <= MAX_FORM_VALUE_BYTES:  # past the limit: only the size matters
+        if parts[-1].is_file:
+            pieces.append(data[start:end])
+        elif len(value) <= MAX_FORM_VALUE_BYTES:  # past the limit: only the size matters
             value.extend(data[start:end])
 
     def on_headers_finished() -> None:
@@ -123,8 +130,11 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart]:
         add_part(parts, FormPart(params[b"name"].decode("utf-8", "replace"), b"filename" in params))
 
     def on_part_end() -> None:
-        if not parts[-1].is_file:
+        if parts[-1].is_file:
+            parts[-1] = parts[-1]._replace(data=b"".join(pieces))
+        else:
             check_value(parts[-1].name, bytes(value))
+            parts[-1] = parts[-1]._replace(data=bytes(value))
 
     def header_piece(index: int) -> Callable[[bytes, int, int], None]:
         def add(data: bytes, start: int, end: int) -> None:
@@ -175,13 +185,13 @@ def urlencoded_parts(body: bytes) -> list[FormPart]:
     return parts
 
 
-def misplaced_parts(parts: list[tuple[str, bool]], file_fields: set[str]) -> str | None:
+def misplaced_parts(parts: Sequence[tuple], file_fields: set[str]) -> str | None:
     """Why the parts do not fit the API (a value where a file belongs, or a file where a value belongs), or None."""
-    values_in_file_fields = sorted({name for name, is_file in parts if name in file_fields and not is_file})
+    values_in_file_fields = sorted({name for name, is_file, *_ in parts if name in file_fields and not is_file})
     if values_in_file_fields:
         return (f"{', '.join(values_in_file_fields)}: must be a file upload (curl -F 'name=@file.png'), "
                 f"got a plain value")
-    files_elsewhere = sorted({name for name, is_file in parts if name not in file_fields and is_file})
+    files_elsewhere = sorted({name for name, is_file, *_ in parts if name not in file_fields and is_file})
     if files_elsewhere:
         return f"{', '.join(files_elsewhere)}: a file upload where a plain value (or nothing) is expected"
     return None
@@ -207,24 +217,26 @@ def header_problem(path: str, headers: dict[str, bytes], file_fields: set[str],
     return None
 
 
-def body_problem(body: bytes, headers: dict[str, bytes], file_fields: set[str]) -> RequestError | None:
-    """What is wrong with a buffered request body for an API whose file parameters are `file_fields`, or None."""
+def form_of(body: bytes, headers: dict[str, bytes], file_fields: set[str]) -> list[FormPart] | None:
+    """The parts of a buffered form body for an API whose file parameters are `file_fields`; None for a JSON body
+    (or anything else, which BentoML reads as JSON: pydantic answers its errors with 400). RequestError when the
+    form is malformed, over the limits or does not fit the API."""
     media = bentoml_media_type(headers)
-    try:
-        if media == MULTIPART:
-            parts = multipart_parts(body, parse_options_header(headers["content-type"])[1][b"boundary"])
-        elif media == URLENCODED:
-            parts = urlencoded_parts(body)
-        else:
-            return None  # JSON (or anything else, which BentoML reads as JSON): pydantic answers its errors with 400
-    except RequestError as e:
-        return e
-    problem = misplaced_parts(parts, file_fields)
-    return RequestError(BAD_REQUEST, problem) if problem else None
+    if media == MULTIPART:
+        parts = multipart_parts(body, parse_options_header(headers["content-type"])[1][b"boundary"])
+    elif media == URLENCODED:
+        parts = urlencoded_parts(body)
+    else:
+        return None
+    if problem := misplaced_parts(parts, file_fields):
+        raise RequestError(BAD_REQUEST, problem)
+    return parts
 
 
-def raw_image_form(image: bytes, media: str, query: bytes, route: RawImageRoute) -> tuple[bytes, bytes]:
-    """(multipart body, its Content-Type) standing for a raw image body and the request's query parameters."""
+def raw_image_form(image: bytes, media: str, query: bytes,
+                   route: RawImageRoute) -> tuple[bytes, bytes, list[FormPart]]:
+    """(multipart body, its Content-Type, its parts) standing for a raw image body and the request's query
+    parameters."""
     try:
         params = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=len(route.fields) * 4)
     except ValueError as e:
@@ -234,16 +246,17 @@ def raw_image_form(image: bytes, media: str, query: bytes, route: RawImageRoute)
         raise RequestError(BAD_REQUEST, f"query parameter {', '.join(unknown)}: not one of "
                                         f"{', '.join(sorted(route.fields))}")
     boundary = secrets.token_hex(16).encode()
-    parts = []
+    parts, form = [], []
     for name, value in params:
         check_value(name, value.encode("utf-8"))
+        form.append(FormPart(name, False, value.encode("utf-8")))
         parts.append(b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
                      % (boundary, name.encode(), value.encode("utf-8")))
     extension = media.split("/")[1]
     parts.append(b'--%s\r\nContent-Disposition: form-data; name="%s"; filename="upload.%s"\r\n'
                  b"Content-Type: %s\r\n\r\n" % (boundary, route.file_field.encode(), extension.encode(), media.encode()))
     body = b"".join(parts) + image + b"\r\n--%s--\r\n" % boundary
-    return body, b"multipart/form-data; boundary=" + boundary
+    return body, b"multipart/form-data; boundary=" + boundary, [*form, FormPart(route.file_field, True, image)]
 
 
 class UploadGuard:
@@ -279,16 +292,18 @@ class UploadGuard:
                 return await self._too_large(scope, receive, send)
         body = b"".join(chunks)
         media = bentoml_media_type(headers).lower()
-        if raw_route is not None and media in RAW_IMAGE_TYPES:
-            try:
-                body, content_type = raw_image_form(body, media, scope.get("query_string", b""), raw_route)
-            except RequestError as e:
-                return await e.response()(scope, receive, send)
-            kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
-            scope = {**scope, "query_string": b"", "headers": [
-                *kept, (b"content-type", content_type), (b"content-length", str(len(body)).encode())]}
-        elif problem := body_problem(body, headers, file_fields):
-            return await problem.response()(scope, receive, send)
+        try:
+            if raw_route is not None and media in RAW_IMAGE_TYPES:
+                body, content_type, form = raw_image_form(body, media, scope.get("query_string", b""), raw_route)
+                kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+                scope = {**scope, "query_string": b"", "headers": [
+                    *kept, (b"content-type", content_type), (b"content-length", str(len(body)).encode())]}
+            else:
+                form = form_of(body, headers, file_fields)
+        except RequestError as e:
+            return await e.response()(scope, receive, send)
+        if form is not None:  # parsed once: the lean routes (service/lean.py) answer from it
+            scope = {**scope, FORM_KEY: form}
         replayed = False
 
         async def replay() -> Message:

@@ -14,7 +14,7 @@ from service.config import Batching
 from service.errors import RequestError
 from service.images import Decoded, PixelBudget, decode_image
 from service.masks import class_mask, mask_png, overlay, png_base64, shares
-from service.schemas import ImageLabels, Label, SegmentResult
+from service.schemas import ClassifyResult, ImageLabels, Label, SegmentResult
 from service.served import EndpointModels, ServedModel
 
 
@@ -86,6 +86,14 @@ def classifiers(models: EndpointModels, batching: Batching | None, max_pixels: i
     return {name: Batcher(functools.partial(classify_jobs, served, max_pixels=max_pixels,
                                             max_request_pixels=max_request_pixels),
                           lambda job: len(job.uploads), size, wait) for name, served in models.by_name.items()}
+
+
+async def classify_answer(models: EndpointModels, batchers: dict[str, Batcher[ClassifyJob, list[ImageLabels]]],
+                          uploads: Sequence[Path | bytes], k: int, model: str | None) -> ClassifyResult:
+    """One classify request's answer, through its model's batcher (the API method and service/lean.py both ask
+    here)."""
+    served = models.pick(model)
+    return ClassifyResult(model=served.tag, results=await batchers[served.name](ClassifyJob(uploads, k)))
 
 
 def segment(model: ServedModel, image: Decoded, with_overlay: bool) -> SegmentResult:

@@ -28,7 +28,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_config_is_valid() -> None:
     config = load_config(Path(__file__).parents[2] / "service" / "serving.yaml")
-    assert {ref.name for ref in config.refs()} == {"digits-cnn", "shapes-fcn", "sine-forecaster", "char-gru-demo"}
+    assert {ref.name for ref in config.refs()} == {"digits-cnn", "shapes-fcn", "sine-forecaster", "char-gru-demo",
+                                                  "text-demo"}
 
 
 def test_config_reads_models_defaults_and_limits(tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ def test_multipart_parts_and_misplaced_fields() -> None:
             b"Content-Type: image/png\r\n\r\n\x89PNG--Xy\r\n"
             b"--XyZ\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n3\r\n--XyZ--\r\n")
     parts = multipart_parts(body, b"XyZ")
-    assert parts == [("images", True), ("k", False)]
+    assert parts == [("images", True, b"\x89PNG--Xy"), ("k", False, b"3")]  # names, kinds and bytes
     assert misplaced_parts(parts, {"images"}) is None
     assert "images: must be a file upload" in misplaced_parts([("images", False)], {"images"})
     assert "k: a file upload where" in misplaced_parts([("images", True), ("k", True)], {"images"})
