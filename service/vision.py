@@ -12,7 +12,7 @@ from models.artifact.card import ImageInput
 from service.batching import Batcher
 from service.config import Batching
 from service.errors import RequestError
-from service.images import Decoded, PixelBudget, decode_image
+from service.images import Decoded, PixelBudget, check_request_pixels, decode_image
 from service.masks import class_mask, mask_png, overlay, png_base64, shares
 from service.schemas import ClassifyResult, ImageLabels, Label, SegmentResult
 from service.served import EndpointModels, ServedModel
@@ -55,10 +55,11 @@ def classify_jobs(model: ServedModel, jobs: Sequence[ClassifyJob], max_pixels: i
     RequestError without failing the others. `max_request_pixels`: the pixels all images of one request may have."""
     decoded: list[list[Decoded] | RequestError] = []
     for job in jobs:
-        budget = PixelBudget(max_request_pixels) if max_request_pixels is not None else None
         try:
-            decoded.append([decode_for(model, upload if isinstance(upload, bytes) else upload.read_bytes(),
-                                       f"images[{i}]", max_pixels, budget) for i, upload in enumerate(job.uploads)])
+            uploads = [upload if isinstance(upload, bytes) else upload.read_bytes() for upload in job.uploads]
+            if max_request_pixels is not None:
+                check_request_pixels(uploads, max_pixels, max_request_pixels)  # all headers before any decode
+            decoded.append([decode_for(model, data, f"images[{i}]", max_pixels) for i, data in enumerate(uploads)])
         except RequestError as e:
             decoded.append(e)
     images = [d for ds in decoded if not isinstance(ds, RequestError) for d in ds]

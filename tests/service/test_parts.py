@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from models.artifact.card import ModelCard, SeriesInput
+from models.artifact.card import ImageInput, ModelCard, SeriesInput
 from service.batching import Batcher
 from service.config import ConfigError, ModelRef, load_config
 from service.masks import palette
@@ -171,3 +171,47 @@ def test_a_model_that_cannot_serve_stops_the_start(stored: tuple[Path, dict[str,
         load_model(ModelRef(tag="test-digits", int8=True), "classify", threads=1)
     served = load_model(ModelRef(tag="test-digits-mlp", int8=True), "classify", threads=1)
     assert served.int8 and served.describe().graph == "int8"
+
+
+# --------------------------------------------------------------------------------------------------- pixel budget
+
+def huge_png(side: int = 6000) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, format="PNG")  # all zeros: ~40 KB on the wire, 36 MP decoded
+    return buffer.getvalue()
+
+
+def test_a_request_of_huge_images_is_refused_before_any_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 small PNGs of 6000×6000 pixels each: every header is read and the request refused (413) at the third,
+    without decoding a single pixel; the request batched with it is answered."""
+    from PIL import Image
+
+    from service import vision
+    from service.errors import RequestError
+
+    card = SimpleNamespace(input=ImageInput(channels=1, size=(28, 28), mean=[0.5], std=[0.5]), labels=["a", "b"])
+    model = SimpleNamespace(card=card, run=lambda pixels: [np.zeros((len(pixels), 2), np.float32)])
+    small = vision.ClassifyJob([small_png(28)], k=1)
+    huge = vision.ClassifyJob([huge_png()] * 32, k=1)
+    decoded: list[tuple[int, int]] = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda img: decoded.append(img.size) or real_load(img))
+    answers = vision.classify_jobs(model, [huge, small], max_pixels=40_000_000, max_request_pixels=80_000_000)
+    assert isinstance(answers[0], RequestError) and answers[0].status == 413
+    assert answers[0].message.startswith("images[2]: with it the request's images have 108,000,000 pixels")
+    assert not isinstance(answers[1], RequestError) and answers[1][0].top[0].label in ("a", "b")
+    assert (6000, 6000) not in decoded  # only the small image was decoded
+
+
+def small_png(side: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
