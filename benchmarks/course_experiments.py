@@ -16,16 +16,20 @@ overrides printed next to the spec; one command per row. Each experiment compare
   augmentation   D2L 14.1: a small CNN on 5,000 Fashion-MNIST images, with and without flips and crops
   finetuning     D2L 14.2: a CNN trained on Fashion-MNIST, fine-tuned on 1,000 MNIST digits (new head, backbone at
                  a tenth of the learning rate), against the same network from scratch with the same budget
+  finetuning_fcn D2L 13.11 + 14.2: the FCN on CamVid with the course's ResNet-18 trained on Fashion-MNIST as its
+                 backbone (first convolution adapted from 1 to 3 channels) against the FCN from scratch
+  finetuning_torchvision  a torchvision ResNet-18 trained here on Fashion-MNIST, saved as a state_dict under
+                 torchvision's names, fine-tuned on 1,000 MNIST digits through the weights import vs from scratch
 
-Runs go to runs/course_experiments/<row>/ (ignored by git); the script works from the repository root, where
-finetune_mnist.yaml's `backbone.weights: runs/course_experiments/finetune_source` resolves. Retraining the source
-(`--only finetune_source --fresh`) does not retrain the rows fine-tuned from it: name them too
-(`--only finetune_source,ft_mnist,ft_mnist_gap --fresh`).
+Runs go to runs/course_experiments/<row>/ (ignored by git). The fine-tuned specs name their source runs relative to
+their own file (`backbone.weights: ../runs/course_experiments/finetune_source`), so they resolve from any
+directory. Retraining a source (`--only finetune_source --fresh`) does not retrain the rows fine-tuned from it:
+name them too (`--only finetune_source,ft_mnist,ft_mnist_gap --fresh`).
 
 Output: BENCHMARKS.md section course_experiments, figures benchmarks/figures/course_{weight_decay,dropout,
-augmentation,finetuning}.png, and the same text as a README block: written into README.md only where README.md
-already has the `<!-- course_experiments:begin -->` / `<!-- course_experiments:end -->` markers, and into
---readme-out FILE when given. A row whose spec the schema refuses is shown as refused, with the schema's message.
+augmentation,finetuning,finetuning_fcn,finetuning_torchvision}.png, and the same text as a README block: written
+into README.md only where README.md already has the `<!-- course_experiments:begin -->` /
+`<!-- course_experiments:end -->` markers, and into --readme-out FILE when given. A row whose spec the schema refuses is shown as refused, with the schema's message.
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ class Row:
     setting: str = "the spec as written"
     needs_data: bool = True  # reads ../shared/data (else generated data)
     needs: tuple[str, ...] = ()  # rows whose runs this one loads (trained first when missing)
+    then: Callable[[Path], Any] | None = None  # run after training (and when a finished run lacks what it writes)
 
 
 ROWS = [
@@ -107,6 +112,71 @@ ROWS = [
     Row("ft_scratch_gap", "from scratch, pooled head", "finetune_mnist_scratch.yaml", "finetuning", GAP_HEAD,
         "as from scratch, head on the globally pooled 128 features"),
 ]
+
+# fine-tuning the FCN on CamVid: the course's ResNet-18 (resnet18.yaml, one gray channel) trained on Fashion-MNIST at
+# its own 28×28 is the backbone of fcn_camvid_finetune.yaml; its first convolution is adapted to CamVid's 3 channels
+RESNET_SOURCE = {"input": {"size": [28, 28]}, "data": {"max_train": 20_000, "batch_size": 128},
+                 "train": {"epochs": 3, "optimizer": {"sgd": None, "adam": {"lr": 0.002}}, "schedule": "cosine",
+                           "seed": 0}}
+TORCHVISION_FILE = "resnet18_fashion_mnist_torchvision.pth"  # written into the ft_tv_source run
+
+
+def save_torchvision_file(run: Path) -> Path:
+    """The run's best weights under torchvision's key names (conv1.weight, layer1.0.bn1.running_mean, ..., fc.bias):
+    the file a torchvision user would have, read back by finetune_mnist_torchvision.yaml through the import path.
+
+    Names come from torchvision's own ResNet-18 module tree (the replica in tests/export/torchvision_layout.py when
+    torchvision does not import), with conv1 on one channel and fc on 10 classes as trained; tensors are paired by
+    order, shape and kind (models.train.weights_import.map_weights), every one of them, and the file is checked by
+    running both networks on the same images."""
+    import torch
+    from torch import nn
+
+    from models.build import build
+    from models.spec.load import load_spec
+    from models.train.checkpoint import load_checkpoint
+    from models.train.weights_import import map_weights
+    from tests.export.torchvision_layout import resnet18
+
+    net = build(load_spec(run / "spec.yaml"), seed=0)
+    stored = load_checkpoint(run / "checkpoints", "best", with_state=False).weights
+    trained = {name: stored[name] for name in net.state_dict()}  # module order (safetensors returns names sorted)
+    reference, _ = resnet18(num_classes=10)
+    reference.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # Fashion-MNIST is gray: the trained stem has 1 channel
+    names = reference.state_dict()
+    mapping = map_weights(trained, names)  # specserve name → torchvision name
+    if len(mapping) != len(trained) or set(mapping.values()) != set(names):
+        raise RuntimeError(f"{run}: {len(mapping)} of {len(trained)} tensors map onto torchvision's "
+                           f"{len(names)}: not the layout of resnet18_torchvision.yaml")
+    state = {tv: trained[own].clone() for own, tv in mapping.items()}
+    state = {name: state[name] for name in names}  # torchvision's order
+    reference.load_state_dict(state)
+    net.load_state_dict(trained)
+    images = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(reference.eval()(images), net.eval()(images), rtol=1e-4, atol=1e-4)
+    path = run / TORCHVISION_FILE
+    torch.save(state, path)
+    print(f"[{run.name}] wrote {path}: {len(state)} tensors under torchvision's names", flush=True)
+    return path
+
+
+ROWS += [
+    Row("ft_resnet_source", "source: ResNet-18 on Fashion-MNIST", "resnet18.yaml", "finetuning_fcn", RESNET_SOURCE,
+        "28×28, 20,000 Fashion-MNIST images, 3 epochs, Adam 0.002, cosine"),
+    Row("fcn_ft", "fine-tuned", "fcn_camvid_finetune.yaml", "finetuning_fcn",
+        setting="CamVid 96×128, 157 images, 35 epochs, Adam 0.002, cosine; backbone lr × 0.1, conv 1 → 3 channels",
+        needs=("ft_resnet_source",)),
+    Row("fcn_scratch", "from scratch", "fcn_camvid_scratch.yaml", "finetuning_fcn",
+        setting="CamVid 96×128, 157 images, 35 epochs, Adam 0.002, cosine; all at full lr"),
+    Row("ft_tv_source", "source: torchvision ResNet-18 on Fashion-MNIST", "finetune_source_torchvision.yaml",
+        "finetuning_torchvision", setting="28×28, 20,000 Fashion-MNIST images, 3 epochs, Adam 0.002, cosine; saved "
+        f"as a torchvision state_dict ({TORCHVISION_FILE})", then=save_torchvision_file),
+    Row("ft_tv_mnist", "fine-tuned from the .pth", "finetune_mnist_torchvision.yaml", "finetuning_torchvision",
+        setting="1,000 MNIST images, 15 epochs, SGD 0.05 + momentum; backbone lr × 0.1", needs=("ft_tv_source",)),
+    Row("ft_tv_scratch", "from scratch", "finetune_mnist_torchvision_scratch.yaml", "finetuning_torchvision",
+        setting="1,000 MNIST images, 15 epochs, SGD 0.05 + momentum; all at full lr"),
+]
 BY_KEY = {row.key: row for row in ROWS}
 
 
@@ -136,6 +206,8 @@ def train_row(row: Row, data_root: Path | None) -> None:
     print(f"[{row.key}] training {row.spec} ({row.setting}) → {run.relative_to(ROOT)}", flush=True)
     train(spec, TrainOptions(out=run, data_root=data_root, quiet=True))
     print(f"[{row.key}] done in {time.perf_counter() - began:.0f} s wall", flush=True)
+    if row.then is not None:
+        row.then(run)
 
 
 # ----------------------------------------------------------------------------------------------- reading runs
@@ -341,6 +413,57 @@ def _compare_finetuning(runs) -> str:
     return " ".join(parts)
 
 
+def _transfer_cells(row: Row, m: dict[str, Any]) -> list[Any]:
+    """A source (classification) or a fine-tuned / scratch row (classification or segmentation): the run's primary
+    metric at the end, after epoch 1, at its best and in median over the last 5 epochs."""
+    primary = m["primary"]
+    values = curve(m, "test", primary)
+    top, at = best(values, higher=True)
+    final = m["history"][-1]["test"]
+    what = {"accuracy": "accuracy", "mean_iou": "mean IoU"}[primary]
+    result = f"{what} **{values[-1]:.3f}**"
+    if primary == "mean_iou":
+        result += f", pixel accuracy {final['pixel_accuracy']:.3f}"
+    data = {"ft_resnet_source": "Fashion-MNIST", "ft_tv_source": "Fashion-MNIST"}.get(
+        row.key, "CamVid" if primary == "mean_iou" else "MNIST")
+    return [data, result, f"{values[0]:.3f}", f"{top:.3f} (epoch {at})", f"{statistics.median(values[-5:]):.3f}"]
+
+
+TRANSFER_HEADER = ["data", "test result (last epoch)", "after epoch 1", "best", "median, last 5 epochs"]
+
+
+def _plot_transfer(runs, sources: tuple[str, ...], ylabel: str, title: str, name: str) -> str:
+    fig, ax = _figure()
+    for row, m in runs:
+        if row.key in sources:
+            continue
+        ax.plot([e["epoch"] for e in m["history"]], curve(m, "test", m["primary"]), marker=".", label=row.label)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    _save(fig, ax, name)
+    return name
+
+
+def _plot_finetuning_fcn(runs) -> str:
+    return _plot_transfer(runs, ("ft_resnet_source",), "CamVid test mean IoU (59 images, void ignored)",
+                          "FCN on CamVid 96×128: ResNet-18 from Fashion-MNIST vs from scratch",
+                          "course_finetuning_fcn.png")
+
+
+def _plot_finetuning_torchvision(runs) -> str:
+    return _plot_transfer(runs, ("ft_tv_source",), "MNIST test accuracy (10,000 images)",
+                          "torchvision ResNet-18 .pth → 1,000 MNIST digits vs from scratch",
+                          "course_finetuning_torchvision.png")
+
+
+def _compare_transfer(runs, tuned: str, scratch: str, what: str) -> str:
+    if not (runs.get(tuned) and runs.get(scratch)):
+        return ""
+    a, b = (curve(runs[k], "test", runs[k]["primary"]) for k in (tuned, scratch))
+    return (f"Fine-tuned − from scratch: {what} {_signed(a[0] - b[0])} after epoch 1, {_signed(a[-1] - b[-1])} after "
+            f"epoch {len(a)}, {_signed(max(a) - max(b))} at the best epoch, "
+            f"{_signed(statistics.median(a[-5:]) - statistics.median(b[-5:]))} in median over the last 5 epochs.")
+
+
 CLASSIFIER_HEADER = ["test accuracy (last epoch)", "median test accuracy, last 10 % of epochs", "best test accuracy",
                      "test loss (last)", "median test loss, last 10 %", "lowest test loss",
                      "training accuracy (running, last)", "training loss (running, last)"]
@@ -393,6 +516,37 @@ EXPERIMENTS = [
         "tried, as overrides).",
         ["data", "test accuracy (last epoch)", "after epoch 1", "best test accuracy", "test loss (last)"],
         _finetune_cells, _plot_finetuning, _compare_finetuning),
+    Experiment(
+        "finetuning_fcn", "Fine-tuning the FCN on CamVid (D2L 13.11 + 14.2)",
+        "The course's FCN starts from an ImageNet ResNet-18; offline, the pretrained backbone here is the course's "
+        "ResNet-18 (`resnet18.yaml`, one gray channel) trained on Fashion-MNIST at its own 28×28 (the first 20,000 "
+        "training images, 3 epochs of Adam 0.002 with a cosine schedule: row ft_resnet_source). "
+        "`fcn_camvid_finetune.yaml` takes its stages b1..b4 as the FCN's backbone, a new head (1×1 convolution to "
+        "the 11 classes, bilinear-initialised ×16 transposed convolution) and the backbone at a tenth of the head's "
+        "learning rate; CamVid is RGB, so the first convolution's 1-channel kernel is repeated over the 3 channels "
+        "and divided by 3 when it loads (the trainer prints `weights: backbone.weights ...: backbone.0.0.weight: "
+        "the 1-channel kernel repeated over 3 input channels and divided by 3 ...`). `fcn_camvid_scratch.yaml` is "
+        "the same network from random weights, all at the full rate. Both: CamVid at 96×128, the train and val "
+        "lists (157 images), fcn_camvid.yaml's flips, resized crops and colour jitter, 35 epochs of Adam 0.002 "
+        "(cosine), batch 8, scored on the 59 test images every epoch (mean IoU over the 11 classes, void ignored). "
+        "fcn_camvid.yaml itself trains 180 epochs (the course results table).",
+        TRANSFER_HEADER, _transfer_cells, _plot_finetuning_fcn,
+        lambda runs: _compare_transfer(runs, "fcn_ft", "fcn_scratch", "CamVid test mean IoU")),
+    Experiment(
+        "finetuning_torchvision", "Fine-tuning from a torchvision state_dict (D2L 14.2)",
+        "The course's recipe with the weights coming from a file in another library's layout. No torchvision "
+        "weights exist offline, so an honest one is made: torchvision's ResNet-18 (`resnet18_torchvision.yaml` up "
+        "to layer4, on one channel) with a 10-class head on the pooled features, trained on the first 20,000 "
+        "Fashion-MNIST images at 28×28 (3 epochs, Adam 0.002, cosine), saved as a torch state_dict under "
+        f"torchvision's key names (`{TORCHVISION_FILE}`: conv1.weight, layer1.0.bn1.running_mean, ..., fc.bias; "
+        "checked by running torchvision's module tree with it against the trained network). "
+        "`finetune_mnist_torchvision.yaml` imports it through the weights-import path (names mapped by order, "
+        "shape and kind), a new output layer on the pooled 512 features, backbone `lr_scale: 0.1`; "
+        "`finetune_mnist_torchvision_scratch.yaml` is the same network from random weights. Both: the first 1,000 "
+        "MNIST training images, 15 epochs of SGD 0.05 with momentum 0.9, weight decay 0.001, batch 64, scored on "
+        "the 10,000 MNIST test images.",
+        TRANSFER_HEADER, _transfer_cells, _plot_finetuning_torchvision,
+        lambda runs: _compare_transfer(runs, "ft_tv_mnist", "ft_tv_scratch", "MNIST test accuracy")),
 ]
 BY_EXPERIMENT = {e.key: e for e in EXPERIMENTS}
 
@@ -476,7 +630,7 @@ def chosen_rows(only: str, experiments: str) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.chdir(ROOT)  # specs name other runs relative to the repository root (finetune_mnist.yaml's backbone weights)
+    os.chdir(ROOT)  # the runs, figures and commands are the repository root's
     if not args.table_only:
         set_threads(args.threads)
         asked = {k for k in args.only.split(",") if k} | {r.key for r in ROWS if r.experiment in args.experiment.split(",")}
@@ -488,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
                 train_row(row, args.data_root if row.needs_data else None)
             else:
                 print(f"[{row.key}] finished run present in {(RUNS / row.key).relative_to(ROOT)}; kept", flush=True)
+                if row.then is not None:
+                    row.then(RUNS / row.key)  # what the run writes besides itself (cheap, idempotent)
     write_outputs(args.readme_out)
     return 0
 
