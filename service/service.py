@@ -9,6 +9,7 @@ page); each connection is watched by service/connections.py (slow or idle client
 """
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -78,6 +79,10 @@ class SpecServe:
         self.stream_limiter = anyio.CapacityLimiter(CONFIG.threads)  # generation steps of event streams at once
         if CONFIG.lean_routes:
             lean.serve("/classify", self._classify_json)
+        # The models, sessions and BentoML's app are long-lived: moved out of the collector's generations, they are
+        # no longer traversed by every collection, which under load paused workers often enough to set the p99.
+        gc.collect()
+        gc.freeze()
 
     @bentoml.api
     @answers_errors
