@@ -86,7 +86,7 @@ def test_with_no_config_every_stored_model_is_served_by_its_task(stored: tuple[P
     with serving("--write", str(tmp_path / "serving.yaml"), home=home, log=tmp_path / "serve.log") as url:
         assert served(url) == {"classify": ["test-digits", "test-digits-mlp"], "segment": ["test-shapes"],
                                "generate": ["test-chars"], "forecast": ["sine-forecaster"],
-                               "predict": ["linear-regression"]}
+                               "predict": ["linear-regression"], "classify_text": ["test-text"]}
         answer = httpx.post(f"{url}/generate", json={"prefix": "the ", "length": 5}, timeout=30)
         assert answer.status_code == 200 and answer.json()["model"] == tags["test-chars"]
 
