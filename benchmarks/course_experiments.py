@@ -128,7 +128,10 @@ def save_torchvision_file(run: Path) -> Path:
     Names come from torchvision's own ResNet-18 module tree (the replica in tests/export/torchvision_layout.py when
     torchvision does not import), with conv1 on one channel and fc on 10 classes as trained; tensors are paired by
     order, shape and kind (models.train.weights_import.map_weights), every one of them, and the file is checked by
-    running both networks on the same images."""
+    running both networks on the same images. A run that already has the file keeps it (retraining the row
+    removes the run first)."""
+    if (run / TORCHVISION_FILE).is_file():
+        return run / TORCHVISION_FILE
     import torch
     from torch import nn
 
@@ -643,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"[{row.key}] finished run present in {(RUNS / row.key).relative_to(ROOT)}; kept", flush=True)
                 if row.then is not None:
-                    row.then(RUNS / row.key)  # what the run writes besides itself (cheap, idempotent)
+                    row.then(RUNS / row.key)  # what the run writes besides itself, if it lacks it
     write_outputs(args.readme_out)
     return 0
 

@@ -133,8 +133,8 @@ class SpecNet(nn.Module):
     """
 
     def __init__(self, task: str, backbone: nn.Sequential | None, body: nn.Sequential, stateful: bool,
-                 sample_output: tuple[int, ...], wires: list[tuple[int, ...]] | None = None,
-                 main: int | None = None, aux: dict[str, tuple[int, float]] | None = None):
+                 sample_output: tuple[int, ...], wires: list[tuple[int, ...]] | None, main: int,
+                 aux_slots: dict[str, int], aux_weights: dict[str, float]):
         super().__init__()
         self.task = task
         self.sample_output = sample_output  # per-sample output shape found by shape inference, e.g. (classes,)
@@ -145,14 +145,13 @@ class SpecNet(nn.Module):
         self.wires = wires
         self._recurrent = [m for m in self._top_level() if isinstance(m, Recurrent)] if stateful else []
         self.state_size = sum(m.state_count for m in self._recurrent)
-        # outputs (spec `outputs`): slot of the main output (0 = the input, j + 1 = entry j) and, per auxiliary
-        # output, its slot and loss weight. forward computes only what the main output needs, so in evaluation and
-        # in the exported graph the auxiliary heads do not exist; forward_with_aux computes them too (training).
-        count = len(self._top_level())
-        self.main_slot = count if main is None else main + 1
-        self.aux_slots = {name: slot + 1 for name, (slot, _) in (aux or {}).items()}
-        self.aux_weights = {name: weight for name, (_, weight) in (aux or {}).items()}
-        assert wires is not None or (self.main_slot == count and not self.aux_slots), "outputs need the wiring"
+        # outputs (spec `outputs`): slot of the main output (0 = the input, j + 1 = entry j, so `main` + 1) and,
+        # per auxiliary output, its slot and loss weight. forward computes only what the main output needs, so in
+        # evaluation and in the exported graph the auxiliary heads do not exist; forward_with_aux computes them too.
+        self.main_slot = main + 1
+        self.aux_slots, self.aux_weights = aux_slots, aux_weights
+        assert wires is not None or (self.main_slot == len(self._top_level()) and not aux_slots), \
+            "outputs need the wiring"
         self._for_main = self._needed((self.main_slot,))
         self._for_all = self._needed((self.main_slot, *self.aux_slots.values()))
 
@@ -559,8 +558,8 @@ def infer(spec: Spec) -> Inferred:
     plain = outputs.main.index == len(nodes) - 1 and not outputs.aux
     chain = plain and all(w == (i,) for i, w in enumerate(wires))
     stateful = spec.task == "sequence" and spec.input.kind == "tokens"
-    aux = {a.name: (a.index, a.weight) for a in outputs.aux}
-    net = SpecNet(spec.task, backbone, body, stateful, y.shape, None if chain else wires, outputs.main.index, aux)
+    net = SpecNet(spec.task, backbone, body, stateful, y.shape, None if chain else wires, outputs.main.index,
+                  {a.name: a.index + 1 for a in outputs.aux}, {a.name: a.weight for a in outputs.aux})
     rows = builder.rows
     ends = starts[1:] + [len(rows)]
     for i in net.training_only:  # an entry only auxiliary heads need, and its nested rows: not in the export

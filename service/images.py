@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,44 +45,32 @@ class PixelBudget:
                                           f"than the limit of {self.limit:,} per request")
 
 
-def _header(data: bytes, name: str) -> Image.Image:
-    """The image of `data` with only its header read (lazy): size and mode known, no pixel decoded yet."""
+def open_image(data: bytes, name: str, max_pixels: int, budget: PixelBudget | None = None) -> Image.Image:
+    """`data`'s image with only its header read (no pixel decoded yet), refusing non-images (415), corrupt headers
+    (400) and images of more than `max_pixels` pixels or beyond the request's `budget` (413). A request's images
+    are all opened before any is decoded (`service.vision.classify_jobs`): 32 huge images cost 32 header reads, not
+    two full decodes before the third is refused while the requests batched with it wait."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=FORMATS)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise RequestError(UNSUPPORTED, f"{name}: not an image in a supported format ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(TOO_LARGE, f"{name}: refused as a decompression bomb (too many pixels)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise RequestError(BAD_REQUEST, f"{name}: corrupt image header ({e})") from None
-
-
-def _check_pixels(img: Image.Image, name: str, max_pixels: int, budget: PixelBudget | None) -> None:
     width, height = img.size
     if width * height > max_pixels:
         raise RequestError(TOO_LARGE, f"{name}: {width}×{height} = {width * height:,} pixels, "
                                       f"the limit is {max_pixels:,}")
     if budget is not None:
         budget.spend(name, width, height)
+    return img
 
 
-def check_request_pixels(uploads: Sequence[bytes], max_pixels: int, max_request_pixels: int) -> None:
-    """Refuse a request whose images' headers already break the pixel limits, before any of them is decoded: 32
-    huge images in one request cost 32 header reads here, not two full decodes and a resize before the third is
-    refused, time in which the requests batched with it would wait."""
-    budget = PixelBudget(max_request_pixels)
-    for i, data in enumerate(uploads):
-        _check_pixels(_header(data, f"images[{i}]"), f"images[{i}]", max_pixels, budget)
-
-
-def open_image(data: bytes, name: str, max_pixels: int, budget: PixelBudget | None = None) -> Image.Image:
-    """Decode `data` fully, refusing non-images (415), corrupt or truncated files (400) and images of more than
-    `max_pixels` pixels or beyond the request's `budget` (413, checked from the header before any pixel is
-    decoded)."""
-    img = _header(data, name)
-    _check_pixels(img, name, max_pixels, budget)
+def load_pixels(img: Image.Image, name: str) -> Image.Image:
+    """An opened image's pixels decoded; truncated or corrupt data → 400."""
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -105,10 +92,9 @@ def to_mode(img: Image.Image, channels: int, name: str) -> tuple[Image.Image, st
     return img.convert(target), f"{img.mode}→{target}"
 
 
-def decode_image(data: bytes, name: str, channels: int, size: tuple[int, int], max_pixels: int,
-                 budget: PixelBudget | None = None) -> Decoded:
-    """Upload bytes → `Decoded` at the model's (H, W) `size` and channel count."""
-    original = open_image(data, name, max_pixels, budget)
+def decode_image(opened: Image.Image, name: str, channels: int, size: tuple[int, int]) -> Decoded:
+    """An image from `open_image` → `Decoded` at the model's (H, W) `size` and channel count."""
+    original = load_pixels(opened, name)
     img, converted = to_mode(original, channels, name)
     height, width = size
     resized = img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BILINEAR)

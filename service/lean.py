@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
 from service.errors import RequestError
+from service.schemas import MAX_K
 from service.uploads import FORM_KEY, ASGIApp, FormPart, Receive, Scope, Send
 
 MODEL_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.\-]*(:[A-Za-z0-9_.\-]+)?")
 PLAIN_K = re.compile(rb"[1-9][0-9]{0,3}")
-MAX_K = 1000  # the API's bound on k (service/service.py)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+MAX_K = 1000  # the most labels classify and classify_text list per input (their `k`)
+
+
 class Label(BaseModel):
     label: str
     probability: float = Field(description="softmax of the model's scores")

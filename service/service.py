@@ -21,13 +21,14 @@ from pydantic import Field
 
 from models.errors import SpecserveError
 from models.task_table import ENDPOINTS
-from service import connections, demo, generation, kserve, lean, openapi, regression, series, streaming, text_classify, vision
+from service import (connections, demo, generation, kserve, lean, openapi, regression, series, streaming,
+                     text_classify, vision)
 from service.config import config_path, load_config
 from service.errors import answers_errors
 from service.gate import SWAGGER, Gate, gated
-from service.images import PixelBudget
-from service.schemas import (ClassifyResult, ClassifyTextResult, ForecastResult, GenerateResult, ModelsResult,
-                             PredictResult, SegmentResult)
+from service.images import PixelBudget, open_image
+from service.schemas import (MAX_K, ClassifyResult, ClassifyTextResult, ForecastResult, GenerateResult,
+                             ModelsResult, PredictResult, SegmentResult)
 from service.served import ServingError, check_stored, declare_models, load_endpoint
 from service.uploads import RawImageRoute, UploadGuard
 
@@ -87,7 +88,8 @@ class SpecServe:
     @bentoml.api
     @answers_errors
     async def classify(self, images: Annotated[list[Path], Field(min_length=1, max_length=LIMITS.max_images)],
-                       k: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5, model: ModelName = None) -> ClassifyResult:
+                       k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 5,
+                       model: ModelName = None) -> ClassifyResult:
         """Top-k labels with probabilities for each uploaded image (PNG, JPEG, BMP, GIF, WebP), converted to the
         model's channels and resized to its input size. Concurrent requests are batched (serving config). Also
         takes one image as the raw body (Content-Type image/png, image/jpeg, ...) with k and model in the query
@@ -105,7 +107,7 @@ class SpecServe:
     def classify_text(self,
                       texts: Annotated[list[Annotated[str, Field(min_length=1, max_length=LIMITS.max_text_length)]],
                                        Field(min_length=1, max_length=LIMITS.max_texts)],
-                      k: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5,
+                      k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 5,
                       model: ModelName = None) -> ClassifyTextResult:
         """Top-k labels with probabilities for each text, tokenized as the model's training texts were: its card's
         vocabulary and tokenizer (words or characters, lower-cased or not, cut or padded to its length)."""
@@ -119,8 +121,9 @@ class SpecServe:
         """Per-pixel classes of one image: the class-index mask (palette PNG at the upload's size), pixel shares
         per class, and with overlay=true the upload tinted by class."""
         served = self.endpoints["segment"].pick(model)
-        decoded = vision.decode_for(served, image.read_bytes(), "image", LIMITS.max_image_pixels,
-                                    PixelBudget(LIMITS.max_request_pixels))
+        opened = open_image(image.read_bytes(), "image", LIMITS.max_image_pixels,
+                            PixelBudget(LIMITS.max_request_pixels))
+        decoded = vision.decode_for(served, opened, "image")
         return vision.segment(served, decoded, overlay)
 
     @bentoml.api

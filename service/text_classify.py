@@ -6,29 +6,34 @@ from __future__ import annotations
 from typing import Sequence
 
 from models.artifact.card import TextTokenizer, TokenInput
-from models.artifact.text import UNK, encode_tokens, tokens
+from models.artifact.text import UNK, encode_tokens, tokens, vocab_index
 from service.schemas import TextLabels
 from service.served import ServedModel
-from service.vision import top_labels
+from service.vision import labels_of, top_labels
 
 
-def tokenizer_of(model: ServedModel) -> tuple[list[str], TextTokenizer]:
-    """The model's vocabulary and tokenizer settings (classify_text loads only text classifiers, whose card has
-    both: models/artifact/card.py refuses one without)."""
+_indexes: dict[str, dict[str, int]] = {}  # model tag → its vocabulary's index, built on the model's first request
+
+
+def tokenizer_of(model: ServedModel) -> tuple[dict[str, int], TextTokenizer]:
+    """The model's vocabulary index and tokenizer settings (classify_text loads only text classifiers, whose card
+    has both: models/artifact/card.py refuses one without)."""
     spec = model.card.input
     assert isinstance(spec, TokenInput) and spec.text is not None
-    return spec.vocab, spec.text
+    if model.tag not in _indexes:
+        _indexes[model.tag] = vocab_index(spec.vocab)
+    return _indexes[model.tag], spec.text
 
 
 def classify(model: ServedModel, texts: Sequence[str], k: int) -> list[TextLabels]:
     """Per text, in order: its token count, whether it was cut to the model's length, how many of its tokens the
     vocabulary lacks, and the min(k, classes) most probable labels. All texts go through the graph in one call."""
-    vocab, text = tokenizer_of(model)
+    index, text = tokenizer_of(model)
     split = [tokens(t, text.split, text.lowercase) for t in texts]
-    ids = encode_tokens(split, vocab, text.length)  # (B, L) int64
+    ids = encode_tokens(split, index, text.length)  # (B, L) int64
     logits = model.run(ids)[0]  # (B, K)
-    labels = model.card.labels or [str(i) for i in range(logits.shape[1])]
-    known = set(vocab) - {UNK}
+    labels = labels_of(model, logits.shape[1])
+    unk = index[UNK]
     return [TextLabels(tokens=len(found), truncated=len(found) > text.length,
-                       unknown=sum(t not in known for t in found), top=top)
+                       unknown=sum(index.get(t, unk) == unk for t in found), top=top)
             for found, top in zip(split, top_labels(logits, labels, k))]

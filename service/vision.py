@@ -7,23 +7,23 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from models.artifact.card import ImageInput
 from service.batching import Batcher
 from service.config import Batching
 from service.errors import RequestError
-from service.images import Decoded, PixelBudget, check_request_pixels, decode_image
+from service.images import Decoded, PixelBudget, decode_image, open_image
 from service.masks import class_mask, mask_png, overlay, png_base64, shares
 from service.schemas import ClassifyResult, ImageLabels, Label, SegmentResult
 from service.served import EndpointModels, ServedModel
 
 
-def decode_for(model: ServedModel, data: bytes, name: str, max_pixels: int,
-               budget: PixelBudget | None = None) -> Decoded:
-    """An upload decoded to `model`'s input channels and size (see service.images)."""
+def decode_for(model: ServedModel, opened: Image.Image, name: str) -> Decoded:
+    """An image from `service.images.open_image` decoded to `model`'s input channels and size."""
     spec = model.card.input
     assert isinstance(spec, ImageInput)  # image endpoints only load image models
-    return decode_image(data, name, spec.channels, spec.size, max_pixels, budget)
+    return decode_image(opened, name, spec.channels, spec.size)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -31,6 +31,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+def labels_of(model: ServedModel, classes: int) -> list[str]:
+    """The card's class names, or the class indices as text for a card without them."""
+    return model.card.labels or [str(i) for i in range(classes)]
 
 
 def top_labels(logits: np.ndarray, labels: list[str], k: int) -> list[list[Label]]:
@@ -55,18 +60,19 @@ def classify_jobs(model: ServedModel, jobs: Sequence[ClassifyJob], max_pixels: i
     RequestError without failing the others. `max_request_pixels`: the pixels all images of one request may have."""
     decoded: list[list[Decoded] | RequestError] = []
     for job in jobs:
+        budget = PixelBudget(max_request_pixels) if max_request_pixels is not None else None
+        names = [f"images[{i}]" for i in range(len(job.uploads))]
         try:
-            uploads = [upload if isinstance(upload, bytes) else upload.read_bytes() for upload in job.uploads]
-            if max_request_pixels is not None:
-                check_request_pixels(uploads, max_pixels, max_request_pixels)  # all headers before any decode
-            decoded.append([decode_for(model, data, f"images[{i}]", max_pixels) for i, data in enumerate(uploads)])
+            opened = [open_image(upload if isinstance(upload, bytes) else upload.read_bytes(), name, max_pixels, budget)
+                      for name, upload in zip(names, job.uploads)]  # every header checked before any pixel decoded
+            decoded.append([decode_for(model, img, name) for name, img in zip(names, opened)])
         except RequestError as e:
             decoded.append(e)
     images = [d for ds in decoded if not isinstance(ds, RequestError) for d in ds]
     if not images:
         return decoded  # type: ignore[return-value]  (all of them are errors)
     logits = model.run(np.stack([d.pixels for d in images]))[0]  # (N, K) for all requests' images
-    labels = model.card.labels or [str(i) for i in range(logits.shape[1])]
+    labels = labels_of(model, logits.shape[1])
     answers: list[list[ImageLabels] | RequestError] = []
     start = 0
     for job, ds in zip(jobs, decoded):
@@ -99,7 +105,7 @@ async def classify_answer(models: EndpointModels, batchers: dict[str, Batcher[Cl
 
 def segment(model: ServedModel, image: Decoded, with_overlay: bool) -> SegmentResult:
     logits = model.run(image.pixels[None])[0][0]  # (K, h, w)
-    labels = model.card.labels or [str(i) for i in range(logits.shape[0])]
+    labels = labels_of(model, logits.shape[0])
     mask = class_mask(logits, image.size)  # (H, W) at the upload's size
     return SegmentResult(model=model.tag, width=image.size[0], height=image.size[1], converted=image.converted,
                          labels=labels, shares=shares(mask, labels), mask_png=png_base64(mask_png(mask, len(labels))),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -29,14 +29,19 @@ def tokens(text: str, split: Split, lowercase: bool) -> list[str]:
     return _WORDS.findall(text) if split == "words" else list(text)
 
 
+def vocab_index(vocab: Sequence[str]) -> dict[str, int]:
+    """token → id of a vocabulary (built once per vocabulary: the service keeps one per served model)."""
+    return {token: i for i, token in enumerate(vocab)}
+
+
 def encode(texts: Iterable[str], vocab: Sequence[str], split: Split, lowercase: bool, length: int) -> np.ndarray:
     """int64 (N, length): each text's token ids, cut or padded at the end to `length`."""
-    return encode_tokens([tokens(text, split, lowercase) for text in texts], vocab, length)
+    return encode_tokens([tokens(text, split, lowercase) for text in texts], vocab_index(vocab), length)
 
 
-def encode_tokens(token_lists: Sequence[Sequence[str]], vocab: Sequence[str], length: int) -> np.ndarray:
-    """int64 (N, length): the ids of already split texts (<unk> for a token not in `vocab`), cut or padded."""
-    ids = {token: i for i, token in enumerate(vocab)}
+def encode_tokens(token_lists: Sequence[Sequence[str]], ids: Mapping[str, int], length: int) -> np.ndarray:
+    """int64 (N, length): the ids of already split texts (<unk> for a token not in `ids`, a `vocab_index`), cut
+    or padded."""
     pad, unk = ids[PAD], ids[UNK]
     rows = []
     for found in token_lists:

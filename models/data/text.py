@@ -23,9 +23,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from models.artifact.text import UNK  # one spelling for the char models and the text classifiers
 from models.data.base import DataArgs, DataError, Fraction, TextCorpus, reading, register, require_file
 
-UNK = "<unk>"
 VocabMode = Literal["course", "all"]
 EMBEDDED_TEXT = Path(__file__).parent / "resources" / "timemachine_head.txt"
 _NON_LETTERS = re.compile("[^A-Za-z]+")

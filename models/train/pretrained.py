@@ -21,7 +21,7 @@ from models.errors import SpecError, SpecserveError
 from models.spec.schema import NotLoaded, Spec
 from models.train.checkpoint import CheckpointError, read_pointer
 from models.train.input_conv import differs_in_channels, input_convs
-from models.train.weights_import import InputChannelsError, adapted_tensor, import_weights, read_weights
+from models.train.weights_import import InputChannelsError, adapted_tensor, import_tensors, read_weights
 
 
 class PretrainedError(SpecserveError):
@@ -84,7 +84,7 @@ def load_pretrained(net: nn.Module, path: Path, rename: Callable[[str], str | No
             for target, tensor in exact.items():
                 own[target].copy_(tensor)
         return set(exact), adapted
-    report = import_weights(net, path, prefix=prefix, adapt=adapt)
+    report = import_tensors(net, weights, path, prefix=prefix, adapt=adapt)
     return set(report.matched.values()), report.adapted
 
 

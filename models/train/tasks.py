@@ -446,7 +446,9 @@ class TextClassification(Task):
         self.primary, self.higher_is_better = "accuracy", True
         self.info = {"labels": list(s.labels), "vocab": {"tokens": list(s.vocab)},
                      "text": {"split": s.split, "lowercase": s.lowercase, "length": self.length}}
-        self.weights = class_weights(s.train_y, self.classes, None, self.spec.train.class_weights, self.device)
+        counts = count_classes(s.train_y, self.classes, None)  # (K,), for the loss weights and the baseline
+        self.majority = int(counts.argmax())  # the majority-class baseline predicts the most frequent class
+        self.weights = weights_from_counts(counts, self.spec.train.class_weights, self.device)
 
     def check_network(self, net: nn.Module) -> None:
         _check_classes(self, net.sample_output[-1], "class scores")
@@ -466,8 +468,7 @@ class TextClassification(Task):
         logits = torch.cat([net(x.to(self.device)).float().cpu() for x in self.test_x.split(512)])  # (N, K)
         y = self.splits.test_y
         result = _class_scores(logits, y, self.classes)
-        majority = int(count_classes(self.splits.train_y, self.classes, None).argmax())  # the most frequent class
-        result["baseline_accuracy"] = float((y == majority).float().mean())
+        result["baseline_accuracy"] = float((y == self.majority).float().mean())
         return result
 
     def parity_inputs(self, n: int = 256) -> dict[str, np.ndarray]:

@@ -136,7 +136,12 @@ def import_weights(net: nn.Module, path: str | Path, *, prefix: str = "", strict
     """Copy the file's tensors into `net` (only under `prefix`, e.g. "backbone." — names in the file are then
     relative to it). strict: every tensor of that part of the network must be fed and every file tensor used.
     adapt: full names of the input convolutions whose input channels may be adapted (models/train/input_conv.py)."""
-    weights = read_weights(path)
+    return import_tensors(net, read_weights(path), path, prefix=prefix, strict=strict, adapt=adapt)
+
+
+def import_tensors(net: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, *, prefix: str = "",
+                   strict: bool = False, adapt: frozenset[str] | set[str] = frozenset()) -> ImportReport:
+    """import_weights for tensors already read from `path` (a caller that tried the names first reads once)."""
     own = {n: t for n, t in net.state_dict().items() if n.startswith(prefix)}
     relative = {n[len(prefix):]: t for n, t in own.items()}
     mapping = map_weights(weights, relative, {n[len(prefix):] for n in adapt if n.startswith(prefix)})
