@@ -12,10 +12,13 @@ parameters such as `k` and `model` or for several images per request; hence this
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Callable, Generic, Sequence, TypeVar
 
 import anyio
+
+from service.admission import charge, cpu_timed
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,22 +31,24 @@ class Batcher(Generic[T, R]):
         size: how many batch slots an item takes (e.g. its number of images)."""
         self.work, self.size = work, size
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
-        self._queue: list[tuple[T, asyncio.Future[R], float]] = []
+        self._queue: list[tuple[T, asyncio.Future[tuple[R, float]], float]] = []
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
     async def __call__(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[R, float]] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future, time.monotonic()))
         self._arrived.set()
         if self._runner is None or self._runner.done():  # started lazily, inside the server's event loop
             self._runner = asyncio.create_task(self._run())
-        return await future
+        result, seconds = await future
+        charge(seconds)  # this request's share of its batch's CPU time (service/admission.py)
+        return result
 
     def _queued_size(self) -> int:
         return sum(self.size(item) for item, _, _ in self._queue)
 
-    def _take(self) -> list[tuple[T, asyncio.Future[R], float]]:
+    def _take(self) -> list[tuple[T, asyncio.Future[tuple[R, float]], float]]:
         """Whole requests from the head of the queue, up to max_batch_size slots (at least one request)."""
         taken, slots = 0, 0
         while taken < len(self._queue):
@@ -66,14 +71,16 @@ class Batcher(Generic[T, R]):
             batch = [entry for entry in self._take() if not entry[1].done()]  # skip requests already cancelled
             if not batch:
                 continue
+            items = [item for item, _, _ in batch]
             try:
-                results = await anyio.to_thread.run_sync(self.work, [item for item, _, _ in batch])
+                results, seconds = await anyio.to_thread.run_sync(cpu_timed, functools.partial(self.work, items))
             except Exception as e:  # a bug in `work`: every request of the batch gets it
-                results = [e] * len(batch)
-            for (_, future, _), result in zip(batch, results):
+                results, seconds = [e] * len(batch), 0.0
+            slots = sum(self.size(item) for item in items)
+            for (item, future, _), result in zip(batch, results):
                 if future.done():
                     continue
                 if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
-                    future.set_result(result)
+                    future.set_result((result, seconds * self.size(item) / slots))

@@ -177,6 +177,13 @@ class ServingConfig(_Strict):
                                                      "chooses the exporter); off, no span is even created")
     lean_routes: bool = Field(default=True, description="answer well-formed classify requests without BentoML's "
                               "per-request IO work (service/lean.py); false sends all through BentoML's route")
+    inline_ms: float = Field(default=0.5, ge=0, le=100, description="a JSON API call expected to take at most this "
+                             "long runs on the event loop, not in a thread (service/lean.py); 0: always a thread")
+    gil_switch_ms: float = Field(default=1.0, gt=0, le=100, description="Python's switch interval in each worker: "
+                                 "how long a thread may keep the GIL while another waits (Python's default: 5)")
+    admission_slots: int | None = Field(default=8, ge=1, le=4096, description="requests computing at once per "
+                                        "process; beyond, endpoints take turns by the time they use "
+                                        "(service/admission.py); null: no queue")
     limits: Limits = Field(default_factory=Limits)
     access: Access = Field(default_factory=Access)
     connections: Connections = Field(default_factory=Connections)

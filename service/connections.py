@@ -12,6 +12,13 @@ bytes extends (`connections` in the serving config):
 * body_timeout_s — from the end of the headers to the end of the body (the app then sees the client disconnect);
 * keep_alive_s — uvicorn's own idle timeout between requests.
 
+The workers of `bentoml serve` share one listening socket, and asyncio's event loop accepts every connection
+waiting on it at each wake-up (up to the backlog, 2048): whichever worker woke first took a load generator's whole
+burst of connections, and the other worker idled (BENCHMARKS.md, serve_profile: one worker's CPU 4× the other's).
+`install` also makes each loop accept one connection per wake-up, so connections go to the worker that is free to
+take them first — an idle one, already waiting in epoll, rather than one busy computing. (A process with uvloop
+installed as its loop keeps uvloop's own accept.)
+
 `install` points uvicorn's "auto" and "h11" protocol names at this class; it runs when the service module is
 imported, which BentoML's worker does before it builds its uvicorn.Config. (httptools is not installed here, so
 "auto" was h11 already.)
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio.selector_events import BaseSelectorEventLoop
+from typing import Any
 
 import h11
 from uvicorn.config import HTTP_PROTOCOLS
@@ -103,8 +112,19 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+_accept_connection = BaseSelectorEventLoop._accept_connection
+
+
+def _accept_one(self: BaseSelectorEventLoop, protocol_factory: Any, sock: Any, sslcontext: Any = None,
+                server: Any = None, backlog: int = 100, *args: Any, **kwargs: Any) -> None:
+    """asyncio's accept, taking at most one waiting connection per wake-up (its `backlog` is the batch size)."""
+    return _accept_connection(self, protocol_factory, sock, sslcontext, server, 1, *args, **kwargs)
+
+
 def install(settings: Connections) -> None:
-    """Use GuardedH11Protocol with `settings` for the uvicorn servers this process starts."""
+    """Use GuardedH11Protocol with `settings` for the uvicorn servers this process starts, and accept one
+    connection per event-loop wake-up."""
     global SETTINGS
     SETTINGS = settings
     HTTP_PROTOCOLS["auto"] = HTTP_PROTOCOLS["h11"] = _PATH
+    BaseSelectorEventLoop._accept_connection = _accept_one  # type: ignore[method-assign]

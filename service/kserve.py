@@ -12,6 +12,8 @@ features (B, F). Outputs are the graph's: scores (logits) and state.
     GET  /v2/health/live, /v2/health/ready         health (open without an API key, like /livez)
     GET  /v2/models/{name}[/versions/{v}]          model metadata: inputs, outputs, datatypes, shapes (-1 = any)
     GET  /v2/models/{name}[/versions/{v}]/ready    200 when served
+    GET  /v2/models/{name}[/versions/{v}]/config   the model configuration as Triton writes it (what perf_analyzer
+                                                   and tritonclient's get_model_config read)
     POST /v2/models/{name}[/versions/{v}]/infer    inference
 
 Requests are JSON, or JSON followed by raw tensor bytes (the binary tensor data extension:
@@ -42,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from models.artifact.card import ImageInput, TokenInput
+from service.admission import charge, cpu_timed
 from service.config import ServingConfig
 from service.errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNSUPPORTED, RequestError
 from service.served import ServedModel
@@ -54,7 +57,7 @@ NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np
          "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT16": np.uint16, "UINT32": np.uint32,
          "UINT64": np.uint64, "BOOL": np.bool_}
 FROM_NUMPY = {np.dtype(t).name: name for name, t in NUMPY.items()}
-PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$")
+PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer|/config)?$")
 FIXED = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -277,6 +280,24 @@ def decode_inputs(model: ServedModel, request: InferRequest, binary: memoryview,
     return {name: given[name] if name in given else zeros[name] for name in io.graph_inputs}
 
 
+def max_batch(model: ServedModel, limits: Limits) -> int:
+    """The largest batch one request may carry (check_limits' bound)."""
+    return limits.max_batch_images if isinstance(model.card.input, ImageInput) else limits.max_batch_rows
+
+
+def triton_config(model: ServedModel, limits: Limits) -> dict[str, Any]:
+    """Triton's model configuration (its model_config.proto as JSON) of a served graph. The first axis of every
+    tensor is the batch: Triton's `dims` leave it out and `max_batch_size` bounds it."""
+
+    def entries(specs: list[Tensor]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+                 "dims": t.shape[1:]} for t in specs]
+
+    return {"name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": max_batch(model, limits), "input": entries(inputs_of(model)),
+            "output": entries(outputs_of(model))}
+
+
 def check_limits(model: ServedModel, data: np.ndarray, batch: int, limits: Limits) -> None:
     spec = model.card.input
     if batch < 1:
@@ -382,6 +403,8 @@ class OpenInference:
             Route("/models/{name}/versions/{version}", self.model_metadata, methods=["GET"]),
             Route("/models/{name}/ready", self.model_ready, methods=["GET"]),
             Route("/models/{name}/versions/{version}/ready", self.model_ready, methods=["GET"]),
+            Route("/models/{name}/config", self.model_config, methods=["GET"]),
+            Route("/models/{name}/versions/{version}/config", self.model_config, methods=["GET"]),
             Route("/models/{name}/infer", self.infer, methods=["POST"]),
             Route("/models/{name}/versions/{version}/infer", self.infer, methods=["POST"]),
         ], exception_handlers={RequestError: answer_error})
@@ -422,6 +445,9 @@ class OpenInference:
                              "inputs": [t.describe() for t in inputs_of(model)],
                              "outputs": [t.describe() for t in outputs_of(model)]})
 
+    async def model_config(self, request: Request) -> JSONResponse:
+        return JSONResponse(triton_config(self.model(request), self.limits))
+
     async def model_ready(self, request: Request) -> JSONResponse:
         model = self.model(request)
         return JSONResponse({"name": model.name, "ready": True})
@@ -441,7 +467,8 @@ class OpenInference:
             return model.session.run(names, feeds)
 
         try:
-            results = await anyio.to_thread.run_sync(run, limiter=self.limiter())
+            results, seconds = await anyio.to_thread.run_sync(cpu_timed, run, limiter=self.limiter())
+            charge(seconds)
         except Exception as e:  # onnxruntime refusing an input the checks above let through
             message = str(e).splitlines()[0][:300]
             raise RequestError(UNPROCESSABLE, f"{model.name} could not run on these inputs: {message}") from None

@@ -10,9 +10,10 @@ page); each connection is watched by service/connections.py (slow or idle client
 from __future__ import annotations
 
 import gc
+import sys
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Callable
 
 import anyio
 import bentoml
@@ -21,8 +22,8 @@ from pydantic import Field
 
 from models.errors import SpecserveError
 from models.task_table import ENDPOINTS
-from service import (connections, demo, generation, kserve, lean, openapi, regression, series, streaming,
-                     text_classify, vision)
+from service import (admission, connections, demo, generation, kserve, lean, openapi, regression, series,
+                     streaming, text_classify, vision)
 from service.config import config_path, load_config
 from service.errors import answers_errors
 from service.gate import SWAGGER, Gate, gated
@@ -46,11 +47,20 @@ except SpecserveError as e:
     raise StartupError(str(e)) from None
 LIMITS = CONFIG.limits
 connections.install(CONFIG.connections)
+sys.setswitchinterval(CONFIG.gil_switch_ms / 1000)
 logging.getLogger("specserve").setLevel(logging.INFO)  # BentoML's workers log WARNING and up from other loggers
 OPEN_INFERENCE = kserve.OpenInference(CONFIG)
 DOC = ("specserve: models made from YAML specs, served from their parity-proven ONNX graphs. Task endpoints below "
        "(POST, JSON or multipart); what is served: POST /models; the same models under the Open Inference Protocol "
        "(KServe v2) at /v2; health: /livez, /readyz.")
+# The sync JSON APIs the lean routes answer, and how much work a call asks for (service/lean.py's JsonRoute: in
+# units that each cost about the same; the seconds a unit takes are measured as the server runs).
+LEAN_JSON: dict[str, Callable[[dict[str, Any]], float]] = {
+    "forecast": lambda call: call["k"] + len(call["values"]) / 1000,  # model steps; scaling the series
+    "generate": lambda call: call["length"] + len(call["prefix"]) / 10,  # steps; the prefix in one pass
+    "predict": lambda call: 1 + len(call["features"]) / 64,  # one model call over the rows
+    "classify_text": lambda call: 1 + sum(map(len, call["texts"])) / 1000,  # tokenizing; one model call
+}
 ModelName = Annotated[str | None, Field(strict=True, description="a served model's name or name:version; none = the "
                                                                  "default")]
 # strict: no "1.5" as a number, no true as 1 or 0 as false (the document says integer, number, boolean)
@@ -80,6 +90,10 @@ class SpecServe:
         self.stream_limiter = anyio.CapacityLimiter(CONFIG.threads)  # generation steps of event streams at once
         if CONFIG.lean_routes:
             lean.serve("/classify", self._classify_json)
+            for name, units in LEAN_JSON.items():
+                api = SpecServe.apis[name]
+                lean.serve_json(api.route, lean.JsonRoute(api.input_spec, getattr(self, name).local, CONFIG.threads,
+                                                          units, CONFIG.inline_ms / 1000))
         # The models, sessions and BentoML's app are long-lived: moved out of the collector's generations, they are
         # no longer traversed by every collection, which under load paused workers often enough to set the p99.
         gc.collect()
@@ -176,6 +190,10 @@ class SpecServe:
 SpecServe.add_asgi_middleware(UploadGuard, max_bytes=LIMITS.max_upload_bytes, routes={
     api.route: set(api.input_spec.multipart_fields) for api in SpecServe.apis.values()},
     raw_images={"/classify": RawImageRoute("images", frozenset({"k", "model"}))})
+if CONFIG.admission_slots is not None:  # inside UploadGuard (bodies read), outside both kinds of route
+    SpecServe.add_asgi_middleware(admission.FairAdmission, capacity=CONFIG.admission_slots,
+                                  routes=[api.route for api in SpecServe.apis.values() if api.route != "/models"],
+                                  other_path=kserve.known_path)
 SpecServe.add_asgi_middleware(lean.LeanRoutes, max_images=LIMITS.max_images)  # inside UploadGuard: reads its form
 SpecServe.add_asgi_middleware(openapi.TruthfulDocs)
 gated(SpecServe, lambda app: Gate(app, api_routes=[api.route for api in SpecServe.apis.values()],

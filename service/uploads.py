@@ -23,8 +23,8 @@ refused here first, with a 4xx that says what was wrong:
   parses, validates and documents one API, and the image is decoded and checked like any upload.
 
 Bodies of API calls are buffered here (at most `max_bytes`) and replayed to the app unchanged (or, raw images, as
-their form); the parsed form travels in the scope (FORM_KEY), so the lean routes of service/lean.py need not parse it
-again.
+their form); the parsed form travels in the scope (FORM_KEY), or else the body (BODY_KEY), so the lean routes of
+service/lean.py need not parse or read it again.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MULTIPART, URLENCODED = "multipart/form-data", "application/x-www-form-urlencoded"
 FORM_KEY = "specserve.form"  # the scope entry holding the parsed form of a guarded request
+BODY_KEY = "specserve.body"  # and the one holding its body as received
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 # Starlette's Request.form() defaults, which BentoML uses; beyond them Starlette raises (and BentoML answers 500).
 MAX_FORM_FIELDS = 1000
@@ -302,8 +303,8 @@ class UploadGuard:
                 form = form_of(body, headers, file_fields)
         except RequestError as e:
             return await e.response()(scope, receive, send)
-        if form is not None:  # parsed once: the lean routes (service/lean.py) answer from it
-            scope = {**scope, FORM_KEY: form}
+        # parsed once: the lean routes (service/lean.py) answer from the form, or from the body of a JSON call
+        scope = {**scope, FORM_KEY: form} if form is not None else {**scope, BODY_KEY: body}
         replayed = False
 
         async def replay() -> Message:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import BaseModel
 
-from live_server import Server
+from live_server import Server, serve
 from service import lean
 from service.errors import NOT_FOUND, RequestError
 from service.uploads import FORM_KEY, FormPart
@@ -134,3 +137,69 @@ def test_lean_route_errors_are_the_documented_ones(http: httpx.Client) -> None:
     assert unknown.status_code == 404 and "unknown model" in unknown.json()["error"]
     boolean_k = http.post("/classify", files=[("images", ("x.png", digit_png(0), "image/png"))], data={"k": "true"})
     assert boolean_k.status_code == 400 and boolean_k.json()["detail"][0]["loc"] == ["k"]
+
+
+JSON_CALLS = [
+    ("/forecast", {"values": [0.1 * i for i in range(30)], "k": 4}),
+    ("/forecast", {"values": [0.5] * 30, "k": 2, "model": "sine-forecaster"}),
+    ("/forecast", {"values": [0.5], "k": 2}),  # shorter than the window: the method's 422
+    ("/forecast", {"values": [0.5] * 30, "k": True}),  # strict integer: BentoML's 400
+    ("/forecast", {"values": [0.5] * 30, "k": 1, "extra": 1}),
+    ("/forecast", {}),
+    ("/generate", {"prefix": "the time", "length": 20, "temperature": 0, "seed": 3}),
+    ("/generate", {"prefix": "the time", "length": 20, "temperature": 0.8, "top_k": 3, "seed": 7}),
+    ("/generate", {"prefix": "\u2603", "length": 5, "seed": 1}),  # a character outside the vocabulary
+    ("/generate", {"prefix": "the", "length": 100_000}),  # over the configured limit
+    ("/predict", {"features": [[1.0, 2.0]]}),  # no model serves predict here: 404
+    ("/classify_text", {"texts": ["a fine film"]}),
+]
+
+
+def test_lean_json_routes_answer_what_bentoml_answers(stored: tuple[Path, dict[str, str]], http: httpx.Client,
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The JSON endpoints' lean answers, byte for byte and status for status, against a server with
+    `lean_routes: false` (every request through BentoML's route); a malformed body falls through to the same
+    documented 400."""
+    home, tags = stored
+    with serve(home, tags, tmp_path_factory.mktemp("bentoml-route"), overrides={"lean_routes": False}) as plain:
+        with httpx.Client(base_url=plain.url, timeout=60) as bentoml_route:
+            for path, body in JSON_CALLS:
+                lean_answer, bentoml_answer = http.post(path, json=body), bentoml_route.post(path, json=body)
+                assert (lean_answer.status_code, lean_answer.content) == (
+                    bentoml_answer.status_code, bentoml_answer.content), (path, body)
+            for raw in (b"{", b"[1, 2]", b'{"values": "abc"}'):
+                lean_answer = http.post("/forecast", content=raw, headers={"content-type": "application/json"})
+                bentoml_answer = bentoml_route.post("/forecast", content=raw,
+                                                    headers={"content-type": "application/json"})
+                assert lean_answer.status_code == bentoml_answer.status_code == 400
+                assert lean_answer.json() == bentoml_answer.json()
+
+
+class Steps(BaseModel):
+    steps: int
+
+
+class Ran(BaseModel):
+    thread: int
+
+
+def test_a_json_call_runs_on_the_event_loop_once_it_is_known_to_be_short() -> None:
+    """The first call runs in a thread and is measured; calls expected within inline_s then run on the loop, and a
+    call asking for much more work goes to a thread again."""
+
+    def method(steps: int) -> Ran:
+        return Ran(thread=threading.get_ident())
+
+    route = lean.JsonRoute(Steps, method, threads=1, units=lambda call: call["steps"], inline_s=0.01)
+
+    async def run() -> tuple[int, list[bool]]:
+        loop_thread = threading.get_ident()
+        where = []
+        for steps in (1, 1, 1, 10**9):
+            answer = await route.answer(json.dumps({"steps": steps}).encode())
+            where.append(Ran.model_validate_json(answer).thread == loop_thread)
+        return loop_thread, where
+
+    _, on_loop = asyncio.run(run())
+    assert on_loop == [False, True, True, False]
+    assert asyncio.run(route.answer(b'{"steps": "many"}')) is None  # refused by the input model: BentoML's to judge

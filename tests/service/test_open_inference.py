@@ -98,6 +98,23 @@ def test_every_served_model_is_described_as_its_graph(triton: "http_client.Infer
     assert not triton.is_model_ready("test-digits", "0")
 
 
+def test_every_served_model_has_a_triton_model_config(triton: "http_client.InferenceServerClient",
+                                                      server: Server) -> None:
+    """What perf_analyzer and get_model_config read: the graph's tensors without their batch axis, and the batch
+    bound the server enforces."""
+    for name in server.tags:
+        metadata, config = triton.get_model_metadata(name), triton.get_model_config(name)
+        assert config["name"] == name and config["platform"] == "onnxruntime_onnx"
+        assert config["max_batch_size"] >= 1
+        for described, entries in ((metadata["inputs"], config["input"]), (metadata["outputs"], config["output"])):
+            assert [(e["name"], e["data_type"], e["dims"]) for e in entries] == [
+                (t["name"], f"TYPE_{t['datatype']}", t["shape"][1:]) for t in described]
+    assert triton.get_model_config("test-digits")["input"] == [
+        {"name": "pixels", "data_type": "TYPE_UINT8", "dims": [8, 8, 1]}]  # sklearn digits
+    with pytest.raises(InferenceServerException):
+        triton.get_model_config("nope")
+
+
 # ------------------------------------------------------------------------------------------------ every task
 
 def test_classification_pixels(triton: "http_client.InferenceServerClient", http: httpx.Client, server: Server) -> None:
