@@ -15,8 +15,9 @@ The time an endpoint used is the CPU time of its model work, where that work rep
 batches, the lean JSON calls, the open inference protocol's calls, each measured with the thread's CPU clock
 wherever it ran), and otherwise its share of the busy slots' wall time. CPU, because a batch thread's time overlaps
 the event loop's on another core: by wall time in its slots the classify flood got more of the CPU than forecast.
-The HTTP work of a request (parsing, answering) is charged to no one, which tilts the turns towards the endpoint
-of cheaper requests — the one a flood would starve.
+A request's body parse (service/uploads.py measures it: a multipart upload's costs more than a JSON body's) is
+charged to its endpoint too; the rest of the HTTP work (headers, routing, answering) is charged to no one, which
+tilts the turns a little towards the endpoint of cheaper requests — the one a flood would starve.
 
 It stands inside service/uploads.py's UploadGuard, so a request's body has been read before it asks for a slot (a
 slow upload holds no slot), and outside the lean routes and BentoML's router, so both kinds of route are counted.
@@ -32,7 +33,7 @@ import time
 from typing import Callable, Iterable, TypeVar
 
 from service.streaming import wants_stream
-from service.uploads import ASGIApp, Receive, Scope, Send
+from service.uploads import PARSE_CPU_KEY, ASGIApp, Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -49,9 +50,11 @@ class FairQueue:
         self._since = clock()
         self.measured: set[str] = set()  # flows that charge their own CPU time
 
-    def charge(self, flow: str, seconds: float) -> None:
-        """`flow`'s model work took `seconds` of CPU (from then on, it is charged only so)."""
-        self.measured.add(flow)
+    def charge(self, flow: str, seconds: float, *, model_work: bool = True) -> None:
+        """`flow` took `seconds` of CPU: in its model work (from then on it is charged only by CPU), or else in
+        work outside its slot (its request's parse)."""
+        if model_work:
+            self.measured.add(flow)
         self.used[flow] += seconds
 
     def _account(self) -> None:
@@ -155,6 +158,7 @@ class FairAdmission:
             return await self.app(scope, receive, send)
         queue = self._queue = self._queue or FairQueue(self.capacity)
         await queue.enter(flow)
+        queue.charge(flow, scope.get(PARSE_CPU_KEY, 0.0), model_work=False)
         token = _current.set((queue, flow))
         try:
             await self.app(scope, receive, send)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple, Sequence
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -47,6 +48,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MULTIPART, URLENCODED = "multipart/form-data", "application/x-www-form-urlencoded"
 FORM_KEY = "specserve.form"  # the scope entry holding the parsed form of a guarded request
 BODY_KEY = "specserve.body"  # and the one holding its body as received
+PARSE_CPU_KEY = "specserve.parse_cpu"  # and the CPU seconds its parse took here
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 # Starlette's Request.form() defaults, which BentoML uses; beyond them Starlette raises (and BentoML answers 500).
 MAX_FORM_FIELDS = 1000
@@ -293,6 +295,7 @@ class UploadGuard:
                 return await self._too_large(scope, receive, send)
         body = b"".join(chunks)
         media = bentoml_media_type(headers).lower()
+        parse_started = time.thread_time()
         try:
             if raw_route is not None and media in RAW_IMAGE_TYPES:
                 body, content_type, form = raw_image_form(body, media, scope.get("query_string", b""), raw_route)
@@ -305,6 +308,7 @@ class UploadGuard:
             return await e.response()(scope, receive, send)
         # parsed once: the lean routes (service/lean.py) answer from the form, or from the body of a JSON call
         scope = {**scope, FORM_KEY: form} if form is not None else {**scope, BODY_KEY: body}
+        scope[PARSE_CPU_KEY] = time.thread_time() - parse_started  # charged to its endpoint (service/admission.py)
         replayed = False
 
         async def replay() -> Message:
