@@ -5,6 +5,7 @@ agree on dtypes and shapes without knowing which file format the data came from.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import zlib
 from contextlib import contextmanager
@@ -330,6 +331,38 @@ def require_file(path: Path, hint: str = "") -> Path:
         reason = "is a folder, expected a file" if path.is_dir() else "file not found"
         raise DataError(f"{path}: {reason}{hint}")
     return path
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    cells: list[str]
+    path: Path
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def read_table(path: Path, empty: str, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL,
+               take: Callable[[CsvRow], Callable[[CsvRow], Any]] = lambda header: lambda row: row) -> list[Any]:
+    """The data rows of a CSV/TSV file with a header row (blank lines skipped, strict UTF-8, a leading BOM
+    dropped): `take(header)` gives the function that turns each row into what the caller keeps, raising a
+    DataError at file:line for a bad one. An empty file is `empty`'s DataError, a header without rows another."""
+    require_file(path)
+    kept: list[Any] = []
+    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+        if header is None:
+            raise DataError(f"{path}: {empty}")
+        keep = take(CsvRow([h.strip() for h in header], path, reader.line_num))
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                kept.append(keep(CsvRow(cells, path, reader.line_num)))
+    if not kept:
+        raise DataError(f"{path}: no data rows under the header")
+    return kept
 
 
 def require_dir(path: Path, hint: str = "") -> Path:

@@ -23,14 +23,14 @@ import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from pydantic import Field, PositiveInt, field_validator
 
 from models.artifact.text import PAD, UNK, Split, encode, tokens
-from models.data.base import DataError, Fraction, SeededArgs, reading, register, require_file, stratified_split
+from models.data.base import CsvRow, DataError, Fraction, SeededArgs, read_table, register, stratified_split
 
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 
@@ -71,38 +71,31 @@ def delimiter_of(path: Path, delimiter: str | None) -> str:
 
 def read_rows(path: Path, text_column: str, label_column: str, delimiter: str | None) -> list[tuple[str, str, int]]:
     """(text, label, line) of every data row of a CSV/TSV file with a header; blank lines are skipped."""
-    require_file(path)
     sep = delimiter_of(path, delimiter)
-    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    rows: list[tuple[str, str, int]] = []
-    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:  # strict UTF-8: a bad byte names the file
-        reader = csv.reader(f, delimiter=sep, quoting=quoting, strict=True)
-        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
-        if header is None:
-            raise DataError(f"{path}: empty file (expected a header row naming the columns {text_column}, "
-                            f"{label_column})")
-        names = [h.strip() for h in header]
+
+    def take(header: CsvRow) -> Callable[[CsvRow], tuple[str, str, int]]:
+        names = header.cells
         for column, option in ((text_column, "text_column"), (label_column, "label_column")):
             if column not in names:
-                raise DataError(f"{path}:{reader.line_num}: no column {column!r} in the header; columns: "
-                                f"{', '.join(names)} (set data.{option})")
+                raise DataError(f"{header.where}: no column {column!r} in the header; columns: {', '.join(names)} "
+                                f"(set data.{option})")
         text_at, label_at = names.index(text_column), names.index(label_column)
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(names):
+
+        def row_of(row: CsvRow) -> tuple[str, str, int]:
+            if len(row.cells) != len(names):
                 hint = " (a tab inside a text? TSV fields cannot hold tabs)" if sep == "\t" else ""
-                raise DataError(f"{where}: {len(row)} cells, the header has {len(names)}{hint}")
-            text, label = row[text_at], row[label_at].strip()
+                raise DataError(f"{row.where}: {len(row.cells)} cells, the header has {len(names)}{hint}")
+            text, label = row.cells[text_at], row.cells[label_at].strip()
             if not text.strip():
-                raise DataError(f"{where}: empty text in column {text_column!r}")
+                raise DataError(f"{row.where}: empty text in column {text_column!r}")
             if not label:
-                raise DataError(f"{where}: empty label in column {label_column!r}")
-            rows.append((text, label, reader.line_num))
-    if not rows:
-        raise DataError(f"{path}: no data rows under the header")
-    return rows
+                raise DataError(f"{row.where}: empty label in column {label_column!r}")
+            return text, label, row.line
+
+        return row_of
+
+    return read_table(path, f"empty file (expected a header row naming the columns {text_column}, {label_column})",
+                      sep, csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL, take)
 
 
 def build_vocab(texts: Iterable[str], split: Split, lowercase: bool, min_freq: int,

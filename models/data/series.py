@@ -5,9 +5,9 @@ training targets; the scaling is fitted on those values only, so test data never
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,9 +19,9 @@ from models.data.base import (
     Fraction,
     SeededArgs,
     SeriesSplits,
-    reading,
+    CsvRow,
+    read_table,
     register,
-    require_file,
 )
 from models.artifact.scaling import ScalingKind, fit_scaling, scale
 
@@ -58,13 +58,9 @@ def make_splits(raw: np.ndarray, window: int, split: int, kind: ScalingKind, sou
 
 def read_column(path: Path, column: str | int) -> np.ndarray:
     """One numeric column of a CSV with a header row, as float64 (T,); a bad cell is a DataError at file:line."""
-    require_file(path)
-    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next((row for row in reader if row), None)
-        if header is None:
-            raise DataError(f"{path}: empty CSV file")
-        names = [h.strip() for h in header]
+
+    def take(header: CsvRow) -> Callable[[CsvRow], float]:
+        names = header.cells
         if isinstance(column, str):
             if column not in names:
                 raise DataError(f"{path}: no column {column!r}; columns: {', '.join(names)}")
@@ -73,24 +69,22 @@ def read_column(path: Path, column: str | int) -> np.ndarray:
             index = column % len(names)
         else:
             raise DataError(f"{path}: column index {column} out of range for {len(names)} columns")
-        values = []
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}:{reader.line_num}"
-            if index >= len(row):
-                raise DataError(f"{where}: {len(row)} cells, no column {names[index]!r}")
-            cell = row[index].strip()
+
+        def value_of(row: CsvRow) -> float:
+            if index >= len(row.cells):
+                raise DataError(f"{row.where}: {len(row.cells)} cells, no column {names[index]!r}")
+            cell = row.cells[index].strip()
             try:
                 value = float(cell)
             except ValueError:
-                raise DataError(f"{where}: column {names[index]!r} value {cell!r} is not a number") from None
+                raise DataError(f"{row.where}: column {names[index]!r} value {cell!r} is not a number") from None
             if not math.isfinite(value):
-                raise DataError(f"{where}: column {names[index]!r} value {cell!r} is not finite")
-            values.append(value)
-    if not values:
-        raise DataError(f"{path}: no data rows under the header")
-    return np.asarray(values, dtype=np.float64)
+                raise DataError(f"{row.where}: column {names[index]!r} value {cell!r} is not finite")
+            return value
+
+        return value_of
+
+    return np.asarray(read_table(path, "empty CSV file", take=take), dtype=np.float64)
 
 
 class SeriesCsvArgs(DataArgs):

@@ -27,10 +27,10 @@ def default_workers() -> int:
     return max(1, min(8, cpus // local - 1))
 
 
-def note(message: str) -> None:
-    """A one-line remark on how the data is read (main rank only)."""
+def note(message: str, about: str = "data") -> None:
+    """A one-line remark on how the data is read, or on what else `about` names (main rank only)."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"data: {message}", file=sys.stderr, flush=True)
+        print(f"{about}: {message}", file=sys.stderr, flush=True)
 
 
 def alloc(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

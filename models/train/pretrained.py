@@ -8,8 +8,6 @@ saying what was done; any other pair is refused at the spec's weights field.
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from models.build import SpecNet
+from models.data import workers
 from models.errors import SpecError, SpecserveError
 from models.spec.schema import NotLoaded, Spec
 from models.train.checkpoint import CheckpointError, read_pointer
@@ -57,8 +56,7 @@ def resolve_weights(source: str | Path, base: Path = Path(".")) -> Path:
 
 def note(message: str) -> None:
     """A one-line remark on what loading did to the weights (main rank only), beside the data's notes."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"weights: {message}", file=sys.stderr, flush=True)
+    workers.note(message, about="weights")
 
 
 def load_pretrained(net: nn.Module, path: Path, rename: Callable[[str], str | None], prefix: str = "",
