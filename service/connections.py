@@ -12,12 +12,17 @@ bytes extends (`connections` in the serving config):
 * body_timeout_s — from the end of the headers to the end of the body (the app then sees the client disconnect);
 * keep_alive_s — uvicorn's own idle timeout between requests.
 
-The workers of `bentoml serve` share one listening socket, and asyncio's event loop accepts every connection
-waiting on it at each wake-up (up to the backlog, 2048): whichever worker woke first took a load generator's whole
-burst of connections, and the other worker idled (BENCHMARKS.md, serve_profile: one worker's CPU 4× the other's).
-`install` also makes each loop accept one connection per wake-up, so connections go to the worker that is free to
-take them first — an idle one, already waiting in epoll, rather than one busy computing. (A process with uvloop
-installed as its loop keeps uvloop's own accept.)
+The workers of `bentoml serve` share one listening socket, made by its arbiter, and whichever worker woke first
+took a load generator's whole burst of connections while the other idled (BENCHMARKS.md, serve_profile: one
+worker's CPU 4× the other's; asyncio accepts up to the backlog, 2048, per wake-up). So `install` also:
+
+* gives each worker a listening socket of its own on the same address (SO_REUSEPORT, set on the shared socket too,
+  so the kernel lets them share the port), and a classic BPF program on the port's group of sockets that sends
+  each new connection to one of the workers' own sockets by its flow hash: connections spread evenly, whatever the
+  workers are doing. The shared socket stays served by every worker: the kernel falls back to it if the program's
+  choice is gone (a worker restarting), and a worker that cannot make its own socket (not Linux) serves only it;
+* makes each event loop accept one waiting connection per wake-up, so what does reach the shared socket goes to a
+  worker that is free to take it. (A process with uvloop as its loop keeps uvloop's own accept.)
 
 `install` points uvicorn's "auto" and "h11" protocol names at this class; it runs when the service module is
 imported, which BentoML's worker does before it builds its uvicorn.Config. (httptools is not installed here, so
@@ -26,7 +31,10 @@ imported, which BentoML's worker does before it builds its uvicorn.Config. (http
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import socket
+import struct
 from asyncio.selector_events import BaseSelectorEventLoop
 from typing import Any
 
@@ -121,10 +129,67 @@ def _accept_one(self: BaseSelectorEventLoop, protocol_factory: Any, sock: Any, s
     return _accept_connection(self, protocol_factory, sock, sslcontext, server, 1, *args, **kwargs)
 
 
-def install(settings: Connections) -> None:
-    """Use GuardedH11Protocol with `settings` for the uvicorn servers this process starts, and accept one
-    connection per event-loop wake-up."""
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)  # Linux 4.5+
+SKF_AD_RXHASH = 0xFFFFF000 + 32  # classic BPF's "load the packet's flow hash"
+
+
+def spread_program(workers: int) -> bytes:
+    """A reuseport group's classic BPF program: socket index 1 + flow hash mod `workers` (index 0 is the shared
+    socket, the group's first member; the workers' own sockets follow)."""
+    return b"".join(struct.pack("HBBI", code, 0, 0, k) for code, k in (
+        (0x20, SKF_AD_RXHASH),  # A = skb->hash
+        (0x94, workers),  # A %= workers
+        (0x04, 1),  # A += 1
+        (0x16, 0)))  # return A
+
+
+def own_socket(shared: socket.socket, workers: int) -> socket.socket | None:
+    """A listening socket of this worker's own beside the inherited `shared` one, steered by spread_program; None
+    where the platform refuses (the worker then serves only the shared socket)."""
+    if shared.family not in (socket.AF_INET, socket.AF_INET6) or shared.type != socket.SOCK_STREAM:
+        return None
+    # proto named: asyncio sets TCP_NODELAY only on sockets that say IPPROTO_TCP (else each answer waits ~40 ms for
+    # the client's delayed ACK)
+    own = socket.socket(shared.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        own.bind(shared.getsockname())
+        own.listen(2048)  # uvicorn listens again with its backlog
+        program = ctypes.create_string_buffer(spread_program(workers))
+        own.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                       struct.pack("HP", len(program.raw) // 8, ctypes.addressof(program)))
+    except (OSError, AttributeError) as e:
+        own.close()
+        logger.info("serving the shared listening socket only (no socket of this worker's own: %s)", e)
+        return None
+    own.setblocking(False)
+    return own
+
+
+def _serve_own_sockets(workers: int) -> None:
+    """Make uvicorn serve, beside each listening socket it is given, one of this worker's own (own_socket)."""
+    from uvicorn.server import Server
+
+    startup = Server.startup
+    if getattr(startup, "specserve_own_sockets", False):
+        return
+
+    async def startup_with_own(self: Server, sockets: list[socket.socket] | None = None) -> None:
+        if sockets:
+            sockets = [*sockets, *filter(None, (own_socket(s, workers) for s in sockets))]
+        await startup(self, sockets=sockets)
+
+    startup_with_own.specserve_own_sockets = True  # type: ignore[attr-defined]
+    Server.startup = startup_with_own  # type: ignore[method-assign]
+
+
+def install(settings: Connections, workers: int = 1) -> None:
+    """Use GuardedH11Protocol with `settings` for the uvicorn servers this process starts, give each of the
+    `workers` a listening socket of its own, and accept one connection per event-loop wake-up."""
     global SETTINGS
     SETTINGS = settings
     HTTP_PROTOCOLS["auto"] = HTTP_PROTOCOLS["h11"] = _PATH
     BaseSelectorEventLoop._accept_connection = _accept_one  # type: ignore[method-assign]
+    _serve_own_sockets(workers)

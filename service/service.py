@@ -46,7 +46,7 @@ try:
 except SpecserveError as e:
     raise StartupError(str(e)) from None
 LIMITS = CONFIG.limits
-connections.install(CONFIG.connections)
+connections.install(CONFIG.connections, CONFIG.workers)
 sys.setswitchinterval(CONFIG.gil_switch_ms / 1000)
 logging.getLogger("specserve").setLevel(logging.INFO)  # BentoML's workers log WARNING and up from other loggers
 OPEN_INFERENCE = kserve.OpenInference(CONFIG)

@@ -10,9 +10,10 @@ import time
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
-from live_server import Server
+from live_server import Server, worker_pids
 
 SERVER_CONFIG = {"workers": 2, "threads": 1,
                  "limits": {"max_images": 32, "max_image_pixels": 40_000_000, "max_request_pixels": 80_000_000,
@@ -74,3 +75,30 @@ def test_forecast_keeps_answering_beside_a_classify_flood(server: Server) -> Non
     print(f"\nforecast answers in 3 s: alone {len(solo)}, beside {len(classified)} classify answers {len(mixed)}")
     assert set(solo) == set(mixed) == set(classified) == {200}
     assert mixed and classified
+
+
+def test_connections_spread_over_the_workers_own_sockets(server: Server) -> None:
+    """Each worker listens on a socket of its own beside the shared one (service/connections.py), and 40 new
+    connections land on both workers (all on one would be a 1 in 2**39 chance of the flow hashes)."""
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def sockets(pid: int, status: str) -> list:
+        return [c for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.status == status and c.laddr.port == port]
+
+    workers = worker_pids(server)
+    assert len(workers) == 2
+    assert all(len(sockets(pid, psutil.CONN_LISTEN)) == 2 for pid in workers)  # the shared one and its own
+
+    async def hold_connections() -> list[int]:
+        clients = [httpx.AsyncClient(base_url=server.url, timeout=30) for _ in range(40)]
+        try:
+            answers = await asyncio.gather(*[c.post("/forecast", json=SERIES) for c in clients])
+            assert {a.status_code for a in answers} == {200}
+            return [len(sockets(pid, psutil.CONN_ESTABLISHED)) for pid in workers]
+        finally:
+            await asyncio.gather(*[c.aclose() for c in clients])
+
+    per_worker = asyncio.run(hold_connections())
+    print(f"\n40 connections per worker: {per_worker}")
+    assert sum(per_worker) == 40 and min(per_worker) > 0
