@@ -1,22 +1,32 @@
-"""Load benchmark of `classify` at the machine's limit: specserve against the same work in a bare Starlette app and
-in three peers (LitServe, Ray Serve, PyTriton), driven by Debian's `hey` (or `wrk`).
+"""Load benchmark of an endpoint at the machine's limit, driven by Debian's `hey` (or `wrk`): `classify` (the
+default) against the same work in a bare Starlette app and in three peers (LitServe, Ray Serve, PyTriton);
+`forecast` and `generate` against the same work in the bare Starlette app (the peers serve classify only).
 
-    .venv/bin/python benchmarks/serve_load.py          # levels 1,8,32,64,128, 10 s each, every server; BENCHMARKS.md
+    .venv/bin/python benchmarks/serve_load.py          # classify: levels 1,8,32,64,128, 10 s each, every server
     .venv/bin/python benchmarks/serve_load.py --seconds 2 --warmup 0.5 --levels 1,8 --no-write        # a smoke run
     .venv/bin/python benchmarks/serve_load.py --servers plain,specserve --client wrk
+    .venv/bin/python benchmarks/serve_load.py --endpoint forecast      # specserve and plain; BENCHMARKS.md
+    .venv/bin/python benchmarks/serve_load.py --endpoint generate --seconds 2 --warmup 0.5 --levels 1,8 --no-write
+    .venv/bin/python benchmarks/serve_load.py --endpoint classify,forecast,generate --servers plain,specserve
 
-Every server answers the same request with the same work and the same answer: one 32×32 PNG → decode, convert to
-the model's channels, bilinear resize (specserve's own code in the plain app; benchmarks/peers/common.py repeats it
-for the peers, which cannot import BentoML) → the same ONNX graph in onnxruntime with the same session settings
-and intra-op threads → softmax top-5 as specserve's JSON. Every server gets the same process count (the serving
-config's `workers`, default that of service/serving.yaml) and, where it batches, specserve's batching (max batch,
-max wait):
+Every server answers the same request with the same work and the same answer. classify: one 32×32 PNG → decode,
+convert to the model's channels, bilinear resize (specserve's own code in the plain app; benchmarks/peers/common.py
+repeats it for the peers, which cannot import BentoML) → the same ONNX graph in onnxruntime with the same session
+settings and intra-op threads → softmax top-5 as specserve's JSON. forecast: a JSON series (40 values of
+sin(0.3 i), k=3) → service.series.forecast → ForecastResult's JSON. generate: a JSON prefix ("the time ", 32
+characters, temperature 0, seed 1) → service.generation.generate (33 calls of the step graph) → GenerateResult's
+JSON. Every server gets the same process count (the serving config's `workers`, default that of
+service/serving.yaml) and, where it batches (classify only), specserve's batching (max batch, max wait):
 
-* `specserve`: `bentoml serve` of the service, the shipped config but for the model (classify batching included);
-* `plain`: benchmarks/plain_app.py, the same decode → session → JSON in a bare Starlette app (no batching);
-* `litserve`, `rayserve`, `pytriton`: benchmarks/peers/*.py, run by the peers' own Python (--peers-python; set it up
-  with benchmarks/peers/requirements.txt). PyTriton speaks the KServe v2 protocol: its request carries the same PNG
-  as a BYTES tensor (binary tensor extension) and k as INT32; the others take the same multipart form.
+* `specserve`: `bentoml serve` of the service, the shipped config but for the model (classify batching included;
+  forecast and generate are sync APIs, `threads` requests computed at once per process);
+* `specserve-unbatched` (classify only): the same without batching;
+* `plain`: benchmarks/plain_app.py, the same parse → library functions → JSON in a bare Starlette app (no batching;
+  forecast and generate in a thread under a `threads` capacity limiter, as BentoML runs sync APIs);
+* `litserve`, `rayserve`, `pytriton` (classify only; skipped with a note for the other endpoints):
+  benchmarks/peers/*.py, run by the peers' own Python (--peers-python; set it up with
+  benchmarks/peers/requirements.txt). PyTriton speaks the KServe v2 protocol: its request carries the same PNG as
+  a BYTES tensor (binary tensor extension) and k as INT32; the others take the same multipart form.
 
 The load generator is `hey` (or `wrk`, --client), one run per (server, concurrency) after an unmeasured warm-up of
 the same load. Servers run one at a time (--order sequential, the default: each alone on the machine, so no
@@ -27,15 +37,21 @@ seconds per 1,000 answers (user + system of every process in the server's sessio
 Ray's raylet and actors, Triton's server and Python stubs, ...), and the client's own CPU share of the machine
 (from the load generator's rusage): what the client took from the servers it measures on a shared box.
 
-Without --model, a model is built from specs/digits_cnn.yaml with its initial (untrained) weights, exported with
-its parity proof and stored in a temporary BENTOML_HOME: load does not depend on what the weights are.
+Without --model, the endpoint's model is built with its initial (untrained) weights, exported with its parity proof
+and stored in a temporary BENTOML_HOME: classify's from specs/digits_cnn.yaml, forecast's from
+specs/sine_forecaster.yaml, generate's from specs/char_gru_demo.yaml (the shipped config's generate model; its
+vocabulary from the embedded text): load does not depend on what the weights are. --endpoint takes a comma list,
+measured one after another; each endpoint writes its own BENCHMARKS.md section (classify `serve_load`, the others
+`serve_load_<endpoint>`), so a run of one leaves the others' figures alone.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -47,6 +63,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import aiohttp
 import numpy as np
@@ -61,11 +78,13 @@ from service.config import DEFAULT_PATH, Batching, ServingConfig, load_config  #
 
 SHIPPED = load_config(DEFAULT_PATH)  # defaults: what service/serving.yaml ships
 BATCHING = SHIPPED.endpoints["classify"].batching or Batching(max_batch_size=32)
-SECTION = "serve_load"  # in BENCHMARKS.md
+SECTION = "serve_load"  # classify's section in BENCHMARKS.md; the other endpoints' are serve_load_<endpoint>
+ENDPOINTS = ("classify", "forecast", "generate")
 PEERS = {"litserve": "litserve_app.py", "rayserve": "rayserve_app.py", "pytriton": "pytriton_app.py"}
 PEER_READY = {"litserve": "/health", "rayserve": "/classify", "pytriton": "/v2/models/classify/ready"}
 PEER_MODULE = {"litserve": "litserve", "rayserve": "ray.serve", "pytriton": "pytriton"}
 ALL_SERVERS = ("plain", "specserve", *PEERS)
+JSON_SERVERS = ("plain", "specserve")  # what serves forecast and generate (the peers serve classify only)
 DEFAULT_PEERS_PYTHON = Path.home() / ".cache" / "specserve" / "peers" / "bin" / "python"
 
 
@@ -155,6 +174,34 @@ def build_model(home: Path, spec_file: str = "digits_cnn.yaml") -> str:
     pixels = torch.randint(0, 256, (256, *inp.size, inp.channels), dtype=torch.uint8).numpy()  # (N, H, W, C)
     result = export_net(net, card, home / "export", example_inputs=pixels[:4])
     return save_to_store(spec.name, {"model.onnx": result.path}, result.card, check_parity(result.path, net, pixels))
+
+
+def forecast_tag(home: Path) -> str:
+    """Store specs/sine_forecaster.yaml with initial weights in `home`; returns the tag."""
+    from models.pipeline import export_spec, store_export
+    from models.spec.load import load_spec
+
+    return store_export(export_spec(load_spec(ROOT / "specs" / "sine_forecaster.yaml"), "init", out=home / "sine",
+                                    quiet=True))
+
+
+def generate_tag(home: Path, spec_file: str = "char_gru_demo.yaml") -> str:
+    """Store specs/<spec_file> (a character model) with initial weights in `home`; returns the tag. export_spec
+    refuses token models (their vocabulary comes from the training text), so this reads the spec's text for the
+    vocabulary and parity windows, as exporting a run does, and exports the untrained net (no int8)."""
+    import torch
+
+    from models.build import build
+    from models.pipeline import _export_and_prove, make_card, store_export
+    from models.spec.load import load_spec
+    from models.train.data_source import open_dataset
+    from models.train.tasks import make_task
+
+    spec = load_spec(ROOT / "specs" / spec_file)
+    task = make_task(spec, open_dataset(spec, None, spec.train.seed, quiet=True), torch.device("cpu"))
+    real = task.parity_inputs(256)  # (256, T) token windows and their next tokens
+    return store_export(_export_and_prove(spec, build(spec, seed=0), make_card(spec, task.info, {}), home / "chars",
+                                          real["inputs"], real["labels"], "none", quiet=True))
 
 
 class Server:
@@ -252,11 +299,12 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-def serving_config(tag: str, workers: int, threads: int, batching: dict | None) -> dict:
-    classify: dict = {"models": [tag]}
+def serving_config(tag: str, workers: int, threads: int, batching: dict | None, endpoint: str = "classify") -> dict:
+    """A serving config that serves `tag` on `endpoint` only (batched as `batching` says, when given)."""
+    served: dict = {"models": [tag]}
     if batching:
-        classify["batching"] = batching
-    return {"endpoints": {"classify": classify}, "workers": workers, "threads": threads}
+        served["batching"] = batching
+    return {"endpoints": {endpoint: served}, "workers": workers, "threads": threads}
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -279,6 +327,14 @@ def multipart(png: bytes, k: int = 5) -> Body:
     return Body("/classify", f"multipart/form-data; boundary={boundary}", data)
 
 
+def json_body(path: str, payload: dict) -> Body:
+    return Body(path, "application/json", json.dumps(payload).encode())
+
+
+FORECAST_REQUEST = {"values": [math.sin(0.3 * i) for i in range(40)], "k": 3}
+GENERATE_REQUEST = {"prefix": "the time ", "length": 32, "temperature": 0, "seed": 1}
+
+
 def kserve_bytes(png: bytes, k: int = 5) -> Body:
     """The same PNG and k as a KServe v2 request with the binary tensor extension (for PyTriton)."""
     header = json.dumps({"inputs": [
@@ -287,6 +343,52 @@ def kserve_bytes(png: bytes, k: int = 5) -> Body:
         "outputs": [{"name": "result", "parameters": {"binary_data": False}}]}).encode()
     return Body("/v2/models/classify/infer", "application/octet-stream",
                 header + len(png).to_bytes(4, "little") + png, (("Inference-Header-Content-Length", str(len(header))),))
+
+
+def classify_bodies() -> dict[str, Body]:
+    """classify's request per server: the PNG and k=5 as a multipart form, or as a KServe v2 request (PyTriton)."""
+    png = digit_png()
+    bodies = {name: kserve_bytes(png) if name == "pytriton" else multipart(png) for name in ALL_SERVERS}
+    bodies["specserve-unbatched"] = bodies["specserve"]
+    return bodies
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One endpoint's benchmark: the servers that serve it, its throwaway model, its request per server."""
+
+    endpoint: str
+    spec: str  # what the throwaway model is built from
+    build: Callable[[Path], str]  # stores that model in the given home; returns its tag
+    request: str  # one request and its work, as the report says
+    bodies: Callable[[], dict[str, Body]]  # server name → its request
+
+    @property
+    def section(self) -> str:
+        """Its BENCHMARKS.md section: one per endpoint, so a run of one leaves the others' figures alone."""
+        return SECTION if self.endpoint == "classify" else f"{SECTION}_{self.endpoint}"
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """What serves the endpoint (and what a run measures unless told otherwise)."""
+        return ALL_SERVERS if self.endpoint == "classify" else JSON_SERVERS
+
+
+WORKLOADS = {
+    "classify": Workload("classify", "specs/digits_cnn.yaml", build_model,
+                         "one 32×32 PNG per request, k=5, same decode, graph, session settings and answer everywhere",
+                         classify_bodies),
+    "forecast": Workload("forecast", "specs/sine_forecaster.yaml", forecast_tag,
+                         "one JSON series per request (40 values of sin(0.3 i), k=3: 3 calls of the window graph, each "
+                         "fed the previous predictions), the same service.series.forecast, session settings and "
+                         "answer (ForecastResult) in both",
+                         lambda: dict.fromkeys(JSON_SERVERS, json_body("/forecast", FORECAST_REQUEST))),
+    "generate": Workload("generate", "specs/char_gru_demo.yaml", generate_tag,
+                         "one JSON request per call (prefix \"the time \", 32 characters, temperature 0, seed 1: 33 "
+                         "calls of the GRU's step graph, the state carried over), the same "
+                         "service.generation.generate, session settings and answer (GenerateResult) in both",
+                         lambda: dict.fromkeys(JSON_SERVERS, json_body("/generate", GENERATE_REQUEST))),
+}
 
 
 # ------------------------------------------------------------------------------------------------ load generators
@@ -347,18 +449,22 @@ def client_command(client: str, url: str, body: Body, body_file: Path, concurren
             "--timeout", "60s", "-s", str(script), url], env
 
 
-def run_client(command: list[str], env: dict[str, str], log: Path) -> tuple[str, float, float]:
-    """(output, wall seconds, the client's CPU seconds from its own rusage)."""
+def run_measured(command: list[str], env: dict[str, str], log: Path) -> tuple[int, str, float, float]:
+    """(exit status, output, wall seconds, the command's CPU seconds from its own rusage)."""
     began = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - began
-    text = log.read_text()
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {text[-1000:]}")
-    return text, wall, usage.ru_utime + usage.ru_stime
+    return process.returncode, log.read_text(), time.perf_counter() - began, usage.ru_utime + usage.ru_stime
+
+
+def run_client(command: list[str], env: dict[str, str], log: Path) -> tuple[str, float, float]:
+    """(output, wall seconds, the client's CPU seconds from its own rusage)."""
+    returncode, text, wall, cpu = run_measured(command, env, log)
+    if returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({returncode}): {text[-1000:]}")
+    return text, wall, cpu
 
 
 def measure(server: Server, body: Body, body_file: Path, client: str, concurrency: int, seconds: float,
@@ -431,7 +537,7 @@ def table(levels: list[Level], baseline: str) -> str:
     return "\n".join(rows)
 
 
-def plot_latency(levels: list[Level], path: Path) -> None:
+def plot_latency(levels: list[Level], path: Path, endpoint: str = "classify") -> None:
     """p50 (solid) and p99 (dashed) latency and throughput against concurrency, one colour per server."""
     import matplotlib
 
@@ -445,8 +551,8 @@ def plot_latency(levels: list[Level], path: Path) -> None:
         line, = lat.plot(xs, [lv.percentile(50) for lv in mine], marker="o", label=f"{name} p50")
         lat.plot(xs, [lv.percentile(99) for lv in mine], linestyle="--", color=line.get_color(), label=f"{name} p99")
         thr.plot(xs, [lv.throughput for lv in mine], marker="o", color=line.get_color(), label=name)
-    lat.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log", title="classify latency")
-    thr.set(xlabel="concurrent clients", ylabel="requests/s", xscale="log", title="classify throughput")
+    lat.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log", title=f"{endpoint} latency")
+    thr.set(xlabel="concurrent clients", ylabel="requests/s", xscale="log", title=f"{endpoint} throughput")
     for ax in (lat, thr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -489,19 +595,19 @@ def card_file(tag: str, config: ServingConfig, work: Path) -> Path:
     return path
 
 
-async def start_servers(names: list[str], args: argparse.Namespace, work: Path, env: dict[str, str],
-                        servers: list[Server]) -> list[str]:
-    """Start each server and wait until it is ready before starting the next (start-ups competing for 2 cores
-    time out: PyTriton's proxy allows its handshake 1 s); a peer that fails to start is tried once more, then
-    skipped. Appends to `servers` as they come up; returns the notes on skipped peers."""
-    batched = {"max_batch_size": args.max_batch, "max_wait_ms": args.max_wait_ms}
+async def start_servers(names: list[str], workload: Workload, tag: str, args: argparse.Namespace, work: Path,
+                        env: dict[str, str], servers: list[Server]) -> list[str]:
+    """Start each server of `workload` serving `tag` and wait until it is ready before starting the next (start-ups
+    competing for 2 cores time out: PyTriton's proxy allows its handshake 1 s); a peer that fails to start is tried
+    once more, then skipped. Appends to `servers` as they come up; returns the notes on skipped peers."""
+    endpoint = workload.endpoint
+    batched = {"max_batch_size": args.max_batch, "max_wait_ms": args.max_wait_ms} if endpoint == "classify" else None
     skipped: list[str] = []
-    config = ServingConfig.model_validate(serving_config(args.model, args.workers, args.threads, batched))
-    bentoml_bin = str(Path(sys.executable).with_name("bentoml"))
+    config = lambda batching: serving_config(tag, args.workers, args.threads, batching, endpoint)  # noqa: E731
     for name in names:
         if name == "plain":
             plain_config = work / "plain.yaml"
-            plain_config.write_text(yaml.safe_dump(serving_config(args.model, args.workers, args.threads, None)))
+            plain_config.write_text(yaml.safe_dump(config(None)))
             sock = listening_socket()
             command = [sys.executable, "-m", "benchmarks.plain_app", "--fd", str(sock.fileno())]
             servers.append(Server("plain", [command] * args.workers, {**env, "SPECSERVE_CONFIG": str(plain_config)},
@@ -509,63 +615,89 @@ async def start_servers(names: list[str], args: argparse.Namespace, work: Path, 
             sock.close()  # the processes hold it now
             await servers[-1].wait_ready()
         elif name in ("specserve", "specserve-unbatched"):
-            path = work / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(serving_config(args.model, args.workers, args.threads,
-                                                          batched if name == "specserve" else None)))
-            port = free_port()
-            servers.append(Server(name, [[bentoml_bin, "serve", "service.service:SpecServe", "--host", "127.0.0.1",
-                                          "--port", str(port)]], {**env, "SPECSERVE_CONFIG": str(path)}, port,
-                                  work / f"{name}.log"))
+            servers.append(specserve_server(name, config(batched if name == "specserve" else None), work, env))
             await servers[-1].wait_ready()
         else:
             if why := peer_available(args.peers_python, name):
                 skipped.append(f"{name}: {why}")
                 continue
-            card = card_file(args.model, config, work)
-            for attempt in (1, 2):
-                port = free_port()
-                command = [str(args.peers_python), str(ROOT / "benchmarks" / "peers" / PEERS[name]), "--card",
-                           str(card), "--port", str(port), "--workers", str(args.workers), "--max-batch",
-                           str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
-                server = Server(name, [command], peer_env(args.peers_python), port, work / f"{name}-{attempt}.log",
-                                ready_path=PEER_READY[name])
-                try:
-                    await server.wait_ready()
-                except RuntimeError as e:
-                    server.stop()
-                    print(f"{name} did not start (attempt {attempt}): {e}", flush=True)
-                    if attempt == 2:
-                        skipped.append(f"{name}: did not start twice ({e})")
-                    continue
+            card = card_file(tag, ServingConfig.model_validate(config(batched)), work)
+            options = ["--card", str(card), "--workers", str(args.workers), "--max-batch", str(args.max_batch),
+                       "--max-wait-ms", str(args.max_wait_ms)]
+            server, why = await start_peer(name, PEERS[name], options, args.peers_python, work, PEER_READY[name])
+            if server is None:
+                skipped.append(f"{name}: {why}")
+            else:
                 servers.append(server)
-                break
     return skipped
 
 
-async def main(args: argparse.Namespace) -> None:
-    if shutil.which(args.client) is None:
-        sys.exit(f"`{args.client}` is not installed: apt-get install {args.client}")
+def specserve_server(name: str, config: dict, work: Path, env: dict[str, str], ready_path: str = "/readyz") -> Server:
+    """`bentoml serve` of the service under `config` (a serving config, written to work/NAME.yaml) on a free port
+    (not yet ready: await its wait_ready)."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    bentoml_bin = str(Path(sys.executable).with_name("bentoml"))
+    return Server(name, [[bentoml_bin, "serve", "service.service:SpecServe", "--host", "127.0.0.1", "--port",
+                          str(port)]], {**env, "SPECSERVE_CONFIG": str(path)}, port, work / f"{name}.log",
+                  ready_path=ready_path)
+
+
+async def start_peer(name: str, app: str, options: list[str], python: Path, work: Path,
+                     ready_path: str) -> tuple[Server | None, str | None]:
+    """benchmarks/peers/APP run by the peers' `python` with `options` and a free --port, until `ready_path` answers;
+    tried once more if it does not start. (the ready server, None), or (None, why not)."""
+    why = None
+    for attempt in (1, 2):
+        port = free_port()
+        command = [str(python), str(ROOT / "benchmarks" / "peers" / app), *options, "--port", str(port)]
+        server = Server(name, [command], peer_env(python), port, work / f"{name}-{attempt}.log",
+                        ready_path=ready_path)
+        try:
+            await server.wait_ready()
+        except RuntimeError as e:
+            server.stop()
+            print(f"{name} did not start (attempt {attempt}): {e}", flush=True)
+            why = f"did not start twice ({e})"
+            continue
+        return server, None
+    return None, why
+
+
+def servers_for(workload: Workload, asked: list[str] | None) -> tuple[list[str], list[str]]:
+    """(the servers to measure on the workload's endpoint, notes on those asked for that do not serve it). Not
+    asked: every server of the endpoint."""
+    if asked is None:
+        return list(workload.servers), []
+    serves = (*workload.servers, "specserve-unbatched") if workload.endpoint == "classify" else workload.servers
+    why = {name: "serves classify only" if name in PEERS else "is specserve off classify (only classify batches)"
+           for name in asked if name not in serves}
+    return [name for name in asked if name not in why], [f"{name}: {reason}" for name, reason in why.items()]
+
+
+async def measure_endpoint(workload: Workload, args: argparse.Namespace, work: Path,
+                           env: dict[str, str]) -> tuple[str, list[Level]]:
+    """Every level on every server of one endpoint; returns its report (markdown) and its points."""
     load_at_start = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="serve_load-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENTOML_DO_NOT_TRACK": "True"}
-    built = args.model is None
-    if built:
-        env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(work / "bentoml")
-        args.model = build_model(work)
-    png = digit_png()
-    bodies = {name: kserve_bytes(png) if name == "pytriton" else multipart(png) for name in ALL_SERVERS}
-    bodies["specserve-unbatched"] = bodies["specserve"]
+    work.mkdir(parents=True, exist_ok=True)
+    names, skipped = servers_for(workload, args.servers)
+    print(f"== {workload.endpoint}: {', '.join(names) or 'no server'}"
+          f"{'' if workload.endpoint == 'classify' else ' (the peers serve classify only)'}", flush=True)
+    for note in skipped:
+        print(f"skipping {note}", flush=True)
+    tag = args.model or workload.build(work)
+    bodies = workload.bodies()
     servers: list[Server] = []
     levels: list[Level] = []
-    skipped: list[str] = []
     idle: dict[str, float] = {}
     try:
         # sequential: one server up at a time, all levels, then the next (no server's idle work — LitServe's
         # workers poll their queues — lands on another's measurement); interleaved: all up, turns per level
-        groups = [[name] for name in args.servers] if args.order == "sequential" else [args.servers]
-        for names in groups:
+        groups = [[name] for name in names] if args.order == "sequential" else [names]
+        for group in groups:
             first = len(servers)
-            skipped += await start_servers(names, args, work, env, servers)
+            skipped += await start_servers(group, workload, tag, args, work, env, servers)
             running = servers[first:]
             for server in running:  # what each costs doing nothing
                 before = server.cpu_seconds()
@@ -588,46 +720,79 @@ async def main(args: argparse.Namespace) -> None:
                     server.stop()
         for note in skipped:
             print(f"skipped {note}", flush=True)
-    except BaseException:
-        print(f"server logs and configs kept in {work}", file=sys.stderr)
-        raise
     finally:
         for server in servers:
             if any(p.poll() is None for p in server.processes):
                 server.stop()
-    shutil.rmtree(work, ignore_errors=True)  # reached only on success
     idle_note = ", ".join(f"{name} {100 * share:.0f} %" for name, share in idle.items())
-    text = "\n".join([
-        "## serve_load: `classify` under load — specserve, the same work in plain Starlette, and peers", "",
+    endpoint, built = workload.endpoint, args.model is None
+    if endpoint == "classify":
+        title = "`classify` under load — specserve, the same work in plain Starlette, and peers"
+        servers_note = (f"specserve and the peers batch up to {args.max_batch} requests (max wait "
+                        f"{args.max_wait_ms:g} ms); plain does not batch.")
+    else:
+        title = f"`{endpoint}` under load — specserve and the same work in plain Starlette"
+        servers_note = (f"both compute at most {args.threads} request(s) at once per process, in a thread (BentoML's "
+                        "sync API; the plain app's capacity limiter); nothing batches. The peers (LitServe, Ray "
+                        "Serve, PyTriton) serve classify only: not measured here.")
+    return "\n".join([
+        f"## {workload.section}: {title}", "",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/serve_load.py', *sys.argv[1:]])}` — "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {machine()}, load generator `{args.client}`.", "",
-        f"Model `{args.model}`{' (specs/digits_cnn.yaml, initial weights)' if built else ''}, one 32×32 PNG per "
-        f"request, k=5, same decode, graph, session settings and answer everywhere. Every server: {args.workers} "
-        f"process(es)/replica(s)/instance(s); specserve and the peers batch up to {args.max_batch} requests "
-        f"(max wait {args.max_wait_ms:g} ms); plain does not batch. {args.seconds:g} s measured per point after "
-        f"{args.warmup:g} s unmeasured; servers measured {'one at a time (each alone on the machine, all levels)' if args.order == 'sequential' else 'all up at once, taking turns at each level'}. `vs plain` = throughput / plain's at the same concurrency; errors = non-200 "
+        f"Model `{tag}`{f' ({workload.spec}, initial weights)' if built else ''}, {workload.request}. Every server: "
+        f"{args.workers} process(es)/replica(s)/instance(s); {servers_note} {args.seconds:g} s measured per point "
+        f"after {args.warmup:g} s unmeasured; servers measured {'one at a time (each alone on the machine, all levels)' if args.order == 'sequential' else 'all up at once, taking turns at each level'}. `vs plain` = throughput / plain's at the same concurrency; errors = non-200 "
         f"answers and failed connections; server CPU = user + system seconds of all the server's processes per "
         f"1,000 answers; client CPU = the load generator's share of the machine's {os.cpu_count()} cores (taken from "
         f"the servers on this box). Idle CPU, 2 s before the first point: {idle_note or 'n/a'}. Load average "
         f"{load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end: other jobs shared the machine, so "
         f"compare rows of one run, not runs." + (f" Skipped: {'; '.join(skipped)}." if skipped else ""), "",
-        table(levels, "plain")])
-    print("\n" + text)
-    if not args.no_write:
-        plot_latency(levels, ROOT / "benchmarks" / "figures" / "serve_latency.png")
-        text += "\n\n![latency and throughput vs concurrency](benchmarks/figures/serve_latency.png)"
-        write_section(SECTION, text)
-        print(f"\nwritten to BENCHMARKS.md ({SECTION})")
+        table(levels, "plain")]), levels
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, model: str | None, kept: str = "server logs and configs") -> Iterator[tuple[Path, dict]]:
+    """(a temporary work folder, the servers' environment): a throwaway BENTOML_HOME in the folder unless a stored
+    `model` is served. The folder is removed on success, kept (and said so) on failure."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENTOML_DO_NOT_TRACK": "True"}
+    if model is None:
+        env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(work / "bentoml")
+    try:
+        yield work, env
+    except BaseException:
+        print(f"{kept} kept in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # reached only on success
+
+
+async def main(args: argparse.Namespace) -> None:
+    if shutil.which(args.client) is None:
+        sys.exit(f"`{args.client}` is not installed: apt-get install {args.client}")
+    with scratch("serve_load-", args.model) as (work, env):
+        for endpoint in args.endpoints:
+            workload = WORKLOADS[endpoint]
+            text, levels = await measure_endpoint(workload, args, work / endpoint, env)
+            print("\n" + text + "\n")
+            if not args.no_write:
+                figure = f"serve_latency{'' if endpoint == 'classify' else '_' + endpoint}.png"
+                plot_latency(levels, ROOT / "benchmarks" / "figures" / figure, endpoint)
+                text += f"\n\n![latency and throughput vs concurrency](benchmarks/figures/{figure})"
+                write_section(workload.section, text)
+                print(f"written to BENCHMARKS.md ({workload.section})\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="stored model tag to serve (default: build a throwaway one)")
+    p.add_argument("--endpoint", dest="endpoints", type=lambda s: s.split(","), default=["classify"],
+                   help=f"comma-separated, of {', '.join(ENDPOINTS)} (measured one after another; default classify)")
+    p.add_argument("--model", help="stored model tag to serve, with one endpoint (default: build a throwaway one)")
     p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64, 128])
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of the same load before each point")
-    p.add_argument("--servers", type=lambda s: s.split(","), default=list(ALL_SERVERS),
-                   help=f"comma-separated, of {', '.join(ALL_SERVERS)}, specserve-unbatched")
+    p.add_argument("--servers", type=lambda s: s.split(","), default=None,
+                   help=f"comma-separated, of {', '.join(ALL_SERVERS)}, specserve-unbatched (default: all that "
+                        f"serve the endpoint: every one for classify, {' and '.join(JSON_SERVERS)} for the others)")
     p.add_argument("--client", choices=["hey", "wrk"], default="hey", help="load generator (Debian packages)")
     p.add_argument("--order", choices=["sequential", "interleaved"], default="sequential",
                    help="one server up at a time (default), or all up and taking turns at each level")
@@ -639,8 +804,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=BATCHING.max_wait_ms)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = p.parse_args(argv)
-    if unknown := set(args.servers) - {*ALL_SERVERS, "specserve-unbatched"}:
+    if unknown := set(args.servers or ()) - {*ALL_SERVERS, "specserve-unbatched"}:
         p.error(f"unknown server(s) {sorted(unknown)}")
+    if unknown := set(args.endpoints) - set(ENDPOINTS):
+        p.error(f"unknown endpoint(s) {sorted(unknown)}; choose from {', '.join(ENDPOINTS)}")
+    args.endpoints = list(dict.fromkeys(args.endpoints))
+    if args.model is not None and len(args.endpoints) > 1:
+        p.error("--model serves one endpoint: give one --endpoint with it")
     return args
 
 

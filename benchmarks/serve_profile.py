@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import re
 import shutil
@@ -32,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import publish  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from benchmarks.serve_load import (Body, Server, build_model, client_command, digit_png, free_port, machine,  # noqa: E402
-                                   multipart, parse_hey, run_client, serving_config)
+from benchmarks.serve_load import (Body, Server, build_model, client_command, digit_png, forecast_tag,  # noqa: E402
+                                   free_port, json_body, machine, multipart, parse_hey, run_client, serving_config)
 
 # function name (as py-spy writes it) → what the row of the table calls it
 FUNCTIONS = {
@@ -44,14 +43,6 @@ FUNCTIONS = {
     "form_of": "the upload guard's parse (service/uploads.py)",
     "Session.run": "onnxruntime Session.run",
 }
-
-
-def forecast_tag(home: Path) -> str:
-    from models.pipeline import export_spec, store_export
-    from models.spec.load import load_spec
-
-    return store_export(export_spec(load_spec(ROOT / "specs" / "sine_forecaster.yaml"), "init", out=home / "sine",
-                                    quiet=True))
 
 
 def start(name: str, config: dict, work: Path, env: dict[str, str]) -> Server:
@@ -116,27 +107,45 @@ def profile(lean: bool, tag: str, args: argparse.Namespace, work: Path, env: dic
         server.stop()
 
 
+def finish(client: subprocess.Popen) -> float:
+    """Wait for a load generator; its CPU seconds (user + system, from its rusage)."""
+    _, _, usage = os.wait4(client.pid, 0)
+    client.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(processes: list) -> list[float]:
+    return [sum(p.cpu_times()[:2]) for p in processes]
+
+
 def mix(tag: str, forecast: str, args: argparse.Namespace, work: Path, env: dict[str, str]) -> list[dict]:
     config = {"endpoints": {"classify": {"models": [tag], "batching": {"max_batch_size": 32, "max_wait_ms": 0}},
                             "forecast": {"models": [forecast]}}, "workers": 2, "threads": 1}
-    series = Body("/forecast", "application/json", json.dumps({"values": [0.1 * i for i in range(40)],
-                                                               "k": 3}).encode())
+    series = json_body("/forecast", {"values": [0.1 * i for i in range(40)], "k": 3})
+    cores = len(os.sched_getaffinity(0))
     runs = []
     for run in range(args.mix_runs):
         server = ready(start(f"mix-{run}", config, work, env))
         try:
-            hey(server, series, 32, 1, work, "mix-warm").wait()
-            before = [w.cpu_times() for w in workers(server)]
-            hey(server, series, 32, args.seconds, work, f"solo-{run}").wait()
-            after = [w.cpu_times() for w in workers(server)]
+            finish(hey(server, series, 32, 1, work, "mix-warm"))
+            members = workers(server)
+            before = cpu_seconds(members)
+            solo_client = finish(hey(server, series, 32, args.seconds, work, f"solo-{run}"))
+            solo_workers = [b - a for a, b in zip(before, cpu_seconds(members))]
             flood = hey(server, multipart(digit_png()), 32, args.seconds + 2, work, f"flood-{run}")
-            hey(server, series, 32, args.seconds, work, f"mixed-{run}").wait()
-            flood.wait()
+            before = cpu_seconds(members)
+            mixed_client = finish(hey(server, series, 32, args.seconds, work, f"mixed-{run}"))
+            mixed_workers = [b - a for a, b in zip(before, cpu_seconds(members))]
+            flood_client = finish(flood)
             runs.append({"solo": requests_per_s(work, f"solo-{run}", args.seconds),
                          "mixed": requests_per_s(work, f"mixed-{run}", args.seconds),
                          "classify": requests_per_s(work, f"flood-{run}", args.seconds + 2),
-                         "worker_cpu": [round((b.user + b.system) - (a.user + a.system), 2)
-                                        for a, b in zip(before, after)]})
+                         "worker_cpu": [round(c, 2) for c in solo_workers],
+                         "mixed_worker_cpu": [round(c, 2) for c in mixed_workers],
+                         # the load generators' share of the machine: what they took from the server
+                         "solo_client": solo_client / (args.seconds * cores),
+                         "mixed_client": (mixed_client + flood_client * args.seconds / (args.seconds + 2))
+                                         / (args.seconds * cores)})
         finally:
             server.stop()
     return runs
@@ -159,12 +168,16 @@ def report(profiles: dict[bool, dict], runs: list[dict], args: argparse.Namespac
     lines.append(f"| the worker's req/s at 8 clients | {profiles[False]['rps']:.0f} | {profiles[True]['rps']:.0f} |")
     lines += ["", f"Forecast beside a classify flood: 2 workers, the sine forecaster (initial weights) on forecast, "
               f"`hey -c 32` of 40 values, k=3, on /forecast for {args.seconds:g} s alone, then beside `hey -c 32` of "
-              "the PNG on /classify; the workers' CPU seconds during the solo run show how its connections spread.",
-              "", "| run | forecast alone req/s | beside classify req/s | kept | classify req/s | workers' CPU s, solo |",
-              "|---:|---:|---:|---:|---:|---|"]
+              "the PNG on /classify. Per phase, the two workers' CPU seconds (how the connections spread, and what "
+              "the server got) and the load generators' share of the machine's CPU (what they took from it).", "",
+              "| run | forecast alone req/s | beside classify req/s | kept | classify req/s | workers' CPU s, alone "
+              "| workers' CPU s, beside | clients' CPU, alone | clients' CPU, beside |",
+              "|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for i, run in enumerate(runs, 1):
         lines.append(f"| {i} | {run['solo']:.0f} | {run['mixed']:.0f} | {100 * run['mixed'] / run['solo']:.0f} % | "
-                     f"{run['classify']:.0f} | {' + '.join(f'{c:.2f}' for c in run['worker_cpu'])} |")
+                     f"{run['classify']:.0f} | {' + '.join(f'{c:.2f}' for c in run['worker_cpu'])} | "
+                     f"{' + '.join(f'{c:.2f}' for c in run['mixed_worker_cpu'])} | "
+                     f"{100 * run['solo_client']:.0f} % | {100 * run['mixed_client']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,6 +187,7 @@ def main() -> None:
     parser.add_argument("--mix-runs", type=int, default=4)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--mix-only", action="store_true", help="only the mix runs, printed (BENCHMARKS.md untouched)")
     args = parser.parse_args()
     if shutil.which("hey") is None:
         sys.exit("`hey` is not installed: apt-get install hey")
@@ -181,6 +195,10 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(work / "bento")}
     os.environ["BENTOML_HOME"] = env["BENTOML_HOME"]
     tag = build_model(work)
+    if args.mix_only:
+        for run in mix(tag, forecast_tag(work), args, work, env):
+            print(run, f"kept {100 * run['mixed'] / run['solo']:.0f} %")
+        return
     profiles = {lean: profile(lean, tag, args, work, env) for lean in (False, True)}
     runs = mix(tag, forecast_tag(work), args, work, env)
     publish("serve_profile", report(profiles, runs, args), write=not args.no_write)

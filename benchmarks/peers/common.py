@@ -17,7 +17,7 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -26,14 +26,27 @@ from PIL import Image
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 
-def peer_args(description: str) -> argparse.Namespace:
+def peer_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The peers' common options; `extra` adds a peer's own."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--card", type=Path, required=True, help="JSON written by serve_load.py (see module docstring)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--workers", type=int, default=1, help="server processes / replicas / model instances")
     p.add_argument("--max-batch", type=int, default=1, help="1 = no batching")
     p.add_argument("--max-wait-ms", type=float, default=0.0)
+    if extra is not None:
+        extra(p)
     return p.parse_args()
+
+
+def onnx_session(card: dict[str, Any]) -> ort.InferenceSession:
+    """The card's graph in onnxruntime with specserve's session settings (models/artifact/runtime.py)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.intra_op_num_threads, so.inter_op_num_threads = card["intra_op_threads"], 1
+    return ort.InferenceSession(card["onnx"], so, providers=["CPUExecutionProvider"])
 
 
 class Classifier:
@@ -44,12 +57,7 @@ class Classifier:
         self.tag, self.labels = card["tag"], card["labels"]
         self.channels, (self.height, self.width) = card["channels"], card["size"]
         self.max_pixels = card["max_image_pixels"]
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.intra_op_num_threads, so.inter_op_num_threads = card["intra_op_threads"], 1
-        self.session = ort.InferenceSession(card["onnx"], so, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(card)
         self.input = self.session.get_inputs()[0].name
         self.classify_many([(self.example_png(), 1)])  # warm-up: first-call allocations
 
