@@ -3,7 +3,8 @@ one endpoint cannot starve another.
 
 Without it a worker's event loop serves whatever is ready first. Under a mix of a classify flood and forecast
 requests each connection got roughly one request through per turn, so the endpoint whose requests cost less kept
-far less than half of what it served alone (BENCHMARKS.md, serve_profile: forecast kept 22–37 %). Here every API
+far less than half of what it served alone (benchmarks/serve_profile.py, before this module: forecast kept
+22–37 %; with it, BENCHMARKS.md serve_profile). Here every API
 request that computes (the task endpoints' POSTs and the open inference protocol's infer calls) first takes one
 of `capacity` slots of its process. While slots are free and nobody waits, a request goes straight in: at low load
 this adds nothing but a counter. When they are all taken, requests queue per endpoint (its path), and each freed
@@ -111,8 +112,7 @@ class FairQueue:
             ticket = self.waiting[flow].popleft()
             if ticket.cancelled():
                 continue
-            self._account()
-            self.busy += 1
+            self.busy += 1  # (leave, the one caller, has just accounted for the time)
             self.running[flow] += 1
             ticket.set_result(None)
 

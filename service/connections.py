@@ -13,8 +13,9 @@ bytes extends (`connections` in the serving config):
 * keep_alive_s — uvicorn's own idle timeout between requests.
 
 The workers of `bentoml serve` share one listening socket, made by its arbiter, and whichever worker woke first
-took a load generator's whole burst of connections while the other idled (BENCHMARKS.md, serve_profile: one
-worker's CPU 4× the other's; asyncio accepts up to the backlog, 2048, per wake-up). So `install` also:
+took a load generator's whole burst of connections while the other idled (benchmarks/serve_profile.py before
+this change: the workers' CPU seconds of a 15 s run 0.02 + 15.26; asyncio accepts up to the backlog, 2048, per
+wake-up). So `install` also:
 
 * gives each worker a listening socket of its own on the same address (SO_REUSEPORT, set on the shared socket too,
   so the kernel lets them share the port), and a classic BPF program on the port's group of sockets that sends

@@ -17,7 +17,7 @@ unknown model, the pixel budget) are the same RequestErrors the API method answe
 
 The JSON endpoints (forecast, generate, predict, classify_text) take the same shortcut: the body UploadGuard read
 is validated by the API's own input model (BentoML's `input_spec`, the very validation its route runs), the API
-method runs in a worker thread under a limiter of the config's `threads` (as BentoML runs sync APIs), and its
+method runs (on the event loop when the call is known to be short, else in a worker thread: JsonRoute), and its
 answer is serialized as BentoML serializes it. A body that input model refuses, a Content-Type other than JSON,
 and an event stream (`Accept: text/event-stream`) go to BentoML's route.
 """
@@ -37,7 +37,7 @@ from service.admission import charge, cpu_timed
 from service.errors import RequestError
 from service.schemas import MAX_K
 from service.streaming import wants_stream
-from service.uploads import BODY_KEY, FORM_KEY, ASGIApp, FormPart, Receive, Scope, Send
+from service.uploads import BODY_KEY, FORM_KEY, ASGIApp, FormPart, Receive, Scope, Send, bentoml_media_type
 
 MODEL_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.\-]*(:[A-Za-z0-9_.\-]+)?")
 PLAIN_K = re.compile(rb"[1-9][0-9]{0,3}")
@@ -93,12 +93,11 @@ class JsonRoute:
     """A JSON API: its input model (BentoML's input_spec) and its method, called with the validated fields.
 
     A thread hand-off costs a short call more than the call itself once the process is busy: the event loop and the
-    thread wait for each other's turn at the GIL (a forecast beside a classify flood answered 1.5–3× faster run on
-    the loop; BENCHMARKS.md, serve_profile). So a call expected to take at most `inline_s` runs on the event loop,
-    and any other in a worker thread, `threads` at once (as BentoML runs sync APIs). The expectation is learned on
-    the running machine: `units(params)` says how much work a call asks for (steps, rows, texts), and the seconds
-    per unit (of the thread's CPU clock) that the route's model took on its previous calls (a moving average, per model asked for) times that
-    gives the call's time. A model's first calls run in the thread until they have been measured."""
+    thread wait for each other's turn at the GIL. So a call expected to take at most `inline_s` runs on the event
+    loop, and any other in a worker thread, `threads` at once (as BentoML runs sync APIs). The expectation is
+    learned on the running machine: `units(params)` says how much work a call asks for (steps, rows, texts), and
+    the CPU seconds per unit that the model asked for took on its previous calls (a moving average) times that
+    gives the call's time. A model's first call runs in the thread, to be measured."""
 
     params: type[BaseModel]
     method: Callable[..., Any]
@@ -146,10 +145,11 @@ def serve_json(route: str, json_route: JsonRoute) -> None:
 
 
 def _is_json(scope: Scope) -> bool:
-    """A JSON call BentoML would parse as JSON, that does not ask for an event stream."""
-    headers = dict(scope["headers"])
-    media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-    return media == b"application/json" and not wants_stream(headers.get(b"accept", b"").decode("latin-1"))
+    """A call BentoML would parse as JSON (by its own reading of the media type), that does not ask for an event
+    stream."""
+    headers = {name.decode("latin-1"): value for name, value in scope["headers"]}  # ASGI names are lower-case
+    return (bentoml_media_type(headers) == "application/json"
+            and not wants_stream(headers.get("accept", b"").decode("latin-1")))
 
 
 async def send_json(send: Send, body: bytes) -> None:
